@@ -1,0 +1,10 @@
+//! `kubefaas-core`: everything two or more kubefaas binaries share.
+//!
+//! - [`resources`]: the `Function` and `Invocation` custom resources and their CRDs.
+//! - [`runtime`]: the runtime catalogue.
+//!
+//! This crate owns data shapes and the rules on them. It must not talk to the Kubernetes API,
+//! start tasks on its own or read configuration from the environment: the binaries decide that.
+
+pub mod resources;
+pub mod runtime;

@@ -1,0 +1,172 @@
+//! The `Invocation` custom resource: one asynchronous run of a function.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Requests one run of a Function with a payload. The operator queues it, an executor runs it,
+/// and the outcome (result or error, attempts, timings, a tail of the logs) appears in
+/// `.status`. PostgreSQL keeps the record after the resource is deleted.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "kubefaas.io",
+    version = "v1alpha1",
+    kind = "Invocation",
+    plural = "invocations",
+    shortname = "inv",
+    category = "kubefaas",
+    namespaced,
+    status = "InvocationStatus",
+    derive = "PartialEq",
+    doc = "One run of a Function with a payload; the outcome appears in .status.",
+    printcolumn(name = "Function", type_ = "string", json_path = ".spec.functionRef.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attempts"),
+    printcolumn(
+        name = "Duration",
+        type_ = "integer",
+        description = "Wall-clock duration of the last attempt in milliseconds",
+        json_path = ".status.metrics.durationMs"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationSpec {
+    /// The Function to run, in the same namespace.
+    pub function_ref: FunctionRef,
+
+    /// The event passed to the handler: any JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::resources::any_json")]
+    pub payload: Option<serde_json::Value>,
+
+    /// Headers passed to the handler in its context, like the headers of an HTTP request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+
+    /// Time limit for this run in seconds; never above the function's `timeoutSeconds`, which
+    /// applies when this is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+
+    /// Seconds after the invocation finished when the resource is deleted. PostgreSQL keeps the
+    /// record. Unset keeps the resource until it is deleted by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+impl InvocationSpec {
+    /// A spec that runs `function` with `payload` and nothing else set.
+    pub fn new(function: impl Into<String>, payload: serde_json::Value) -> Self {
+        Self {
+            function_ref: FunctionRef { name: function.into() },
+            payload: Some(payload),
+            headers: BTreeMap::new(),
+            timeout_seconds: None,
+            ttl_seconds_after_finished: None,
+        }
+    }
+}
+
+/// A reference to a Function in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FunctionRef {
+    /// Name of the Function.
+    pub name: String,
+}
+
+/// Observed state of an Invocation, written only by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationStatus {
+    /// `Pending` → `Queued` → `Running` → one of `Succeeded`, `Failed`, `TimedOut`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<InvocationPhase>,
+    /// The handler's return value, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::resources::any_json")]
+    pub result: Option<serde_json::Value>,
+    /// What went wrong, when it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<InvocationError>,
+    /// Attempts made so far, the first included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// When the invocation was put on the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<Time>,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the invocation reached its final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Measurements of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<InvocationMetrics>,
+    /// The last lines the function wrote to stdout and stderr (bounded; the full log is available
+    /// through the REST API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+    /// Standard conditions: `Complete`, `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Lifecycle phase of an Invocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum InvocationPhase {
+    Pending,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl InvocationPhase {
+    /// Whether the invocation has reached its final phase.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::TimedOut)
+    }
+}
+
+/// A structured error of a failed invocation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvocationError {
+    /// Kind of error: the exception class for a function error (`ValueError`, `TypeError`), or a
+    /// platform reason (`TimedOut`, `OutOfMemory`, `FunctionNotFound`, `FunctionNotReady`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Human-readable description.
+    pub message: String,
+    /// Stack trace of a function error, when the runtime provides one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+}
+
+/// Measurements of one attempt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationMetrics {
+    /// Wall-clock time the handler ran, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// CPU time the instance used for the invocation, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<i64>,
+    /// Peak memory of the instance, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<i64>,
+    /// Whether the attempt had to start a new instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<bool>,
+}
