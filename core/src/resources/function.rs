@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// Declares a function: its code, the runtime that runs it, and the limits and scaling it runs
 /// with. The operator stores the code, records the function in PostgreSQL and reports readiness
 /// in `.status`; invoke it by creating an `Invocation` or through the REST gateway.
+// kube's derive takes one `printcolumn(...)` per column; clippy mistakes the repeats for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "kubefaas.io",

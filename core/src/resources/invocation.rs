@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// Requests one run of a Function with a payload. The operator queues it, an executor runs it,
 /// and the outcome (result or error, attempts, timings, a tail of the logs) appears in
 /// `.status`. PostgreSQL keeps the record after the resource is deleted.
+// kube's derive takes one `printcolumn(...)` per column; clippy mistakes the repeats for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "kubefaas.io",
