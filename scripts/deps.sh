@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need on Debian/Ubuntu: PostgreSQL server binaries and redis-server.
+# Installs what the tests need on Debian/Ubuntu: PostgreSQL server binaries, redis-server, and the
+# interpreters and toolchains the runtimes run (python3, node, go).
 # Idempotent and quick when everything is present; never starts or touches system services.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ fi
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null || missing+=(nodejs)
+command -v go >/dev/null || [[ -x /usr/lib/go/bin/go ]] || missing+=(golang-go)
 
 if ((${#missing[@]} == 0)); then
   exit 0
