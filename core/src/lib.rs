@@ -5,10 +5,16 @@
 //! - [`schema`]: structural-schema rules and validation of objects against a CRD schema.
 //! - [`runtime`]: the runtime catalogue.
 //! - [`store`]: the PostgreSQL store of functions and invocations, and the invocation lifecycle.
+//! - [`queue`]: the Redis Streams invocation queue: claims, retries with backoff, reclaim of
+//!   abandoned work, dead letters, trimming, stats and completion notifications.
 //!
-//! This crate owns data shapes and the rules on them. It must not talk to the Kubernetes API,
-//! start tasks on its own or read configuration from the environment: the binaries decide that.
+//! This crate owns data shapes, the rules on them and the platform's use of PostgreSQL and
+//! Redis. It must not talk to the Kubernetes API or read configuration from the environment: the
+//! binaries decide that. It starts no background work behind the caller's back: its one task,
+//! the completion listener, is started by the caller through [`queue::Completions::start`],
+//! which hands back its `JoinHandle` (the redis client's own connection drivers aside).
 
+pub mod queue;
 pub mod resources;
 pub mod runtime;
 pub mod schema;
