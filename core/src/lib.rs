@@ -1,5 +1,6 @@
 //! `kubefaas-core`: everything two or more kubefaas binaries share.
 //!
+//! - [`code`]: function code as stored in its ConfigMap: one source file or a zip archive.
 //! - [`resources`]: the `Function` and `Invocation` custom resources and their CRDs.
 //! - [`validation`]: the checks on those resources that the operator and the gateway both apply.
 //! - [`schema`]: structural-schema rules and validation of objects against a CRD schema.
@@ -14,6 +15,7 @@
 //! the completion listener, is started by the caller through [`queue::Completions::start`],
 //! which hands back its `JoinHandle` (the redis client's own connection drivers aside).
 
+pub mod code;
 pub mod queue;
 pub mod resources;
 pub mod runtime;

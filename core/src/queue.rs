@@ -33,7 +33,7 @@ use redis::{
     streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply},
 };
 use tokio::{
-    sync::{Notify, watch},
+    sync::{Notify, broadcast, watch},
     task::JoinHandle,
     time::{Instant, sleep, sleep_until, timeout},
 };
@@ -1004,8 +1004,22 @@ impl std::fmt::Debug for Completions {
     }
 }
 
+/// What [`Completions::notices`] subscribers hear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// This invocation finished.
+    Completed(Uuid),
+    /// Completions may have been missed (the listener reconnected, or the subscriber fell
+    /// behind): re-check everything of interest.
+    Resync,
+}
+
+/// Notices buffered per subscriber before it counts as lagging (and must resync).
+const NOTICE_BUFFER: usize = 1024;
+
 struct Hub {
     waiters: Mutex<HashMap<Uuid, Vec<Arc<Notify>>>>,
+    notices: broadcast::Sender<Notice>,
     /// Dropped with the hub; its receiver in the listener then reports closed.
     _closed: watch::Sender<()>,
 }
@@ -1024,10 +1038,13 @@ impl Hub {
         if let Some(list) = self.waiters().get(&id) {
             list.iter().for_each(|n| n.notify_one());
         }
+        // No subscriber is not an error.
+        let _ = self.notices.send(Notice::Completed(id));
     }
 
     fn wake_all(&self) {
         self.waiters().values().flatten().for_each(|n| n.notify_one());
+        let _ = self.notices.send(Notice::Resync);
     }
 }
 
@@ -1066,9 +1083,20 @@ impl Completions {
         let channel = keys.completions().to_owned();
         let pubsub = subscribe(&client, &channel).await?;
         let (closed_tx, closed_rx) = watch::channel(());
-        let hub = Arc::new(Hub { waiters: Mutex::new(HashMap::new()), _closed: closed_tx });
+        let hub = Arc::new(Hub {
+            waiters: Mutex::new(HashMap::new()),
+            notices: broadcast::channel(NOTICE_BUFFER).0,
+            _closed: closed_tx,
+        });
         let task = tokio::spawn(listen(client, channel, Arc::downgrade(&hub), closed_rx, pubsub));
         Ok((Self { hub }, task))
+    }
+
+    /// Every completion from now on, for a component that follows all of them (the operator
+    /// mirrors each into its `Invocation`). A receiver that falls more than a buffer behind gets
+    /// `RecvError::Lagged` and should treat it as [`Notice::Resync`].
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.hub.notices.subscribe()
     }
 
     /// How many waiters are registered right now.

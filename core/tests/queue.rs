@@ -14,7 +14,7 @@ use std::{
 };
 
 use kubefaas_core::queue::{
-    Completions, Consumer, Delivery, Job, Queue, QueueConfig, QueueStats, Waited,
+    Completions, Consumer, Delivery, Job, Notice, Queue, QueueConfig, QueueStats, Waited,
 };
 use redis::{Client, ConnectionAddr, aio::MultiplexedConnection};
 use tokio::{
@@ -487,6 +487,28 @@ async fn completion_published_after_the_waiter_registered_wakes_it() {
     assert_eq!(store.checks(), 2);
     assert_eq!(other.checks(), 1, "a waiter for another invocation sleeps on");
     other_task.abort();
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn notice_subscribers_hear_every_completion_and_a_resync_after_reconnect() {
+    let fx = fixture().await;
+    let proxy = Proxy::start(&fx.client).await;
+    let (completions, _listener) =
+        Completions::start(proxy.client(&fx.client), fx.queue.keys()).await.unwrap();
+    let mut notices = completions.notices();
+
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    fx.queue.publish_completion(first, "succeeded").await.unwrap();
+    fx.queue.publish_completion(second, "failed").await.unwrap();
+    assert_eq!(within("the first notice", notices.recv()).await.unwrap(), Notice::Completed(first));
+    assert_eq!(
+        within("the second notice", notices.recv()).await.unwrap(),
+        Notice::Completed(second)
+    );
+
+    proxy.cut();
+    assert_eq!(within("the resync notice", notices.recv()).await.unwrap(), Notice::Resync);
     fx.cleanup().await;
 }
 
