@@ -77,9 +77,9 @@ impl Package {
         self.bytes().len()
     }
 
-    /// `sha256:<hex>` of the bytes: what `sha256sum` prints for the file or archive.
+    /// Lower-case hex SHA-256 of the bytes: what `sha256sum` prints for the file or archive.
     pub fn checksum(&self) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(self.bytes())))
+        hex::encode(Sha256::digest(self.bytes()))
     }
 
     /// The ConfigMap key the code is stored under.
@@ -206,7 +206,7 @@ mod tests {
         let package = Package::File { name: "main.py".into(), contents: b"hello".to_vec() };
         assert_eq!(
             package.checksum(),
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert_eq!(package.size(), 5);
     }

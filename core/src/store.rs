@@ -219,7 +219,7 @@ pub struct FunctionRecord {
     pub code_source: CodeSource,
     /// ConfigMap `name/key` or URL of the code, when it is not in the spec.
     pub code_location: Option<String>,
-    /// `sha256:<hex>` of the code bytes.
+    /// Lower-case hex SHA-256 of the code bytes.
     pub code_checksum: String,
     /// Size of the code in bytes.
     pub code_size: i64,
