@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::code::{Code, DEFAULT_MAX_UNPACKED_BYTES};
 use crate::error::Error;
 use crate::instance::Instance;
-use crate::runtime::{GoBuilder, Interpreters, Language, write_bootstraps};
+use crate::runtime::{GoBuilder, Interpreters, write_bootstraps};
 use crate::sandbox::{Limits, Sandbox, SandboxMode, SandboxReport};
+use kubefaas_core::runtime::Language;
 
 /// How the driver runs instances.
 #[derive(Clone, Debug)]

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+pub use kubefaas_core::resources::InvocationError;
 
-/// What went wrong in the driver itself (not in the user's function: those end as a
-/// [`FunctionError`] inside an [`Invocation`](crate::Invocation)).
+/// What went wrong in the driver itself (not in the user's function: those end as an
+/// [`InvocationError`] inside an [`Invocation`](crate::Invocation)).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory of the driver's work area could not be prepared.
@@ -55,25 +55,9 @@ pub enum Error {
     Control(#[source] std::io::Error),
 }
 
-/// A structured error of one invocation, in the same shape as an Invocation's `status.error`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionError {
-    /// The exception type for a function error (`ValueError`, `TypeError`), or one of the
-    /// platform's [`error_types`].
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Human-readable description.
-    pub message: String,
-    /// Stack trace, when the runtime has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<String>,
-}
-
-impl FunctionError {
-    /// An error of one of the platform's own types, without a stack.
-    pub fn platform(type_: &str, message: impl Into<String>) -> Self {
-        Self { type_: type_.to_owned(), message: message.into(), stack: None }
-    }
+/// An error of the platform's own type (one of [`error_types`]), without a stack.
+pub fn platform_error(type_: &str, message: impl Into<String>) -> InvocationError {
+    InvocationError { type_: type_.to_owned(), message: message.into(), stack: None }
 }
 
 /// Error types the platform itself reports (as opposed to the user's exception types).

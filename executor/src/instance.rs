@@ -16,10 +16,10 @@ use tokio::net::UnixListener;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::driver::{Driver, FunctionSpec, StartOutcome};
-use crate::error::{Error, FunctionError, error_types};
+use crate::error::{Error, InvocationError, error_types, platform_error};
 use crate::logs::{LogCapture, Segment};
-use crate::runtime::Language;
 use crate::sandbox::Cgroup;
+use kubefaas_core::runtime::Language;
 
 /// How long the driver waits for the logs of a finished invocation to be read, and for a
 /// killed instance to be gone.
@@ -73,7 +73,7 @@ pub struct Metrics {
 #[derive(Clone, Debug)]
 pub struct Invocation {
     /// The handler's JSON result, or the structured error.
-    pub outcome: Result<Value, FunctionError>,
+    pub outcome: Result<Value, InvocationError>,
     /// What the function wrote to stdout and stderr during the invocation (on a cold start,
     /// preceded by what it wrote while loading).
     pub logs: String,
@@ -88,7 +88,7 @@ pub struct Invocation {
 #[derive(Clone, Debug)]
 pub struct StartFailure {
     /// The structured error.
-    pub error: FunctionError,
+    pub error: InvocationError,
     /// What the instance wrote while loading.
     pub logs: Segment,
     /// How long the attempt took.
@@ -143,7 +143,7 @@ struct Reply {
     #[serde(default)]
     ok: Option<Value>,
     #[serde(default)]
-    error: Option<FunctionError>,
+    error: Option<InvocationError>,
 }
 
 enum Received {
@@ -220,7 +220,7 @@ impl Instance {
             fs::create_dir_all(d)
                 .map_err(|source| Error::PrepareFiles { path: d.clone(), source })?;
         }
-        let fail = |error: FunctionError| StartFailure {
+        let fail = |error: InvocationError| StartFailure {
             error,
             logs: Segment::default(),
             duration: started.elapsed(),
@@ -325,7 +325,7 @@ impl Instance {
             Some(r) if r.kind == "ready" => {}
             Some(r) if r.kind == "init_error" => {
                 let mut error = r.error.unwrap_or_else(|| {
-                    FunctionError::platform(error_types::INIT_FAILED, "the handler failed to load")
+                    platform_error(error_types::INIT_FAILED, "the handler failed to load")
                 });
                 error.message = format!("loading handler {}: {}", spec.handler, error.message);
                 let logs = pending.logs.next_segment(SETTLE).await;
@@ -377,7 +377,7 @@ impl Instance {
         };
         if !self.alive {
             return Invocation {
-                outcome: Err(FunctionError::platform(
+                outcome: Err(platform_error(
                     error_types::RUNTIME_EXITED,
                     "the instance is not running",
                 )),
@@ -412,7 +412,7 @@ impl Instance {
         let outcome = match received {
             None => {
                 self.kill().await;
-                Err(FunctionError::platform(
+                Err(platform_error(
                     error_types::TIMED_OUT,
                     format!(
                         "the function did not finish within {:.3}s and was stopped",
@@ -429,7 +429,7 @@ impl Instance {
                 }
                 _ => {
                     self.kill().await;
-                    Err(FunctionError::platform(
+                    Err(platform_error(
                         error_types::PROTOCOL,
                         "the runtime sent an unexpected reply",
                     ))
@@ -437,7 +437,7 @@ impl Instance {
             },
             Some(Received::TooLong) => {
                 self.kill().await;
-                Err(FunctionError::platform(
+                Err(platform_error(
                     error_types::RESULT_TOO_LARGE,
                     format!("the result is over {} bytes", self.driver.config.max_result_bytes),
                 ))
@@ -474,7 +474,7 @@ impl Instance {
     }
 
     /// The instance's control connection closed: find out why and make sure it is gone.
-    async fn died(&mut self) -> FunctionError {
+    async fn died(&mut self) -> InvocationError {
         let status =
             tokio::time::timeout(SETTLE, self.child.wait()).await.ok().and_then(Result::ok);
         self.kill().await;
@@ -559,10 +559,10 @@ async fn kill_tree(child: &mut tokio::process::Child, pid: Option<u32>, cgroup: 
     let _ = tokio::time::timeout(SETTLE, child.wait()).await;
 }
 
-fn death_error(status: Option<ExitStatus>, oom_kills: u64) -> FunctionError {
+fn death_error(status: Option<ExitStatus>, oom_kills: u64) -> InvocationError {
     use std::os::unix::process::ExitStatusExt;
     if oom_kills > 0 {
-        return FunctionError::platform(
+        return platform_error(
             error_types::OUT_OF_MEMORY,
             "the function went over its memory limit and was killed",
         );
@@ -575,7 +575,7 @@ fn death_error(status: Option<ExitStatus>, oom_kills: u64) -> FunctionError {
         },
         None => "an unknown status".to_owned(),
     };
-    FunctionError::platform(error_types::RUNTIME_EXITED, format!("the runtime exited with {how}"))
+    platform_error(error_types::RUNTIME_EXITED, format!("the runtime exited with {how}"))
 }
 
 fn bootstrap(driver: &Driver, language: Language) -> Result<String, Error> {

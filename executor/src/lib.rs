@@ -24,9 +24,10 @@ pub mod sandbox;
 
 pub use code::{Code, DEFAULT_MAX_UNPACKED_BYTES};
 pub use driver::{Driver, DriverConfig, FunctionSpec, StartOutcome};
-pub use error::{Error, FunctionError, error_types};
+pub use error::{Error, InvocationError, error_types, platform_error};
 pub use instance::{Instance, Invocation, Metrics, Request, StartFailure};
+pub use kubefaas_core::runtime::Language;
 pub use logs::{Segment, TRUNCATION_MARKER};
 pub use pool::{Pool, Scaling};
-pub use runtime::{GO_MAIN_TEMPLATE, Language, NODEJS_BOOTSTRAP, PYTHON_BOOTSTRAP};
+pub use runtime::{GO_MAIN_TEMPLATE, NODEJS_BOOTSTRAP, PYTHON_BOOTSTRAP};
 pub use sandbox::{Limits, Mechanism, SandboxMode, SandboxReport};

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use kubefaas_core::runtime::Language;
+
 use crate::code::Code;
-use crate::error::{Error, FunctionError, error_types};
+use crate::error::{Error, InvocationError, error_types, platform_error};
 
 /// The python bootstrap.
 pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python.py");
@@ -19,54 +21,6 @@ pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python.py");
 pub const NODEJS_BOOTSTRAP: &str = include_str!("../bootstrap/nodejs.mjs");
 /// Template of the Go `main` generated around the user's package.
 pub const GO_MAIN_TEMPLATE: &str = include_str!("../bootstrap/go_main.go.tmpl");
-
-/// A language family; every version of a language shares its bootstrap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Language {
-    /// `handler: module.function` → `module.py`, `def function(event, context)`.
-    Python,
-    /// `handler: file.export` → `file.js`/`.mjs`/`.cjs`, async or callback style.
-    Nodejs,
-    /// `handler: Handle` → `func Handle(ctx context.Context, event json.RawMessage) (any, error)`.
-    Go,
-}
-
-impl Language {
-    /// The catalogue name of the language.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Language::Python => "python",
-            Language::Nodejs => "nodejs",
-            Language::Go => "go",
-        }
-    }
-
-    /// The language of a catalogue runtime name (`python`, `python3.12`, `nodejs20`, `go1.22`).
-    pub fn from_runtime(name: &str) -> Option<Self> {
-        [Language::Python, Language::Nodejs, Language::Go].into_iter().find(|l| {
-            name.strip_prefix(l.as_str())
-                .is_some_and(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'))
-        })
-    }
-
-    /// A single source file named as the handler expects (`main.handler` → `main.py`).
-    pub fn single_file(self, handler: &str, contents: Vec<u8>) -> Code {
-        let module = handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler);
-        let name = match self {
-            Language::Python => format!("{}.py", module.replace('.', "/")),
-            Language::Nodejs => {
-                let text = String::from_utf8_lossy(&contents);
-                let esm = text.lines().any(|l| {
-                    let l = l.trim_start();
-                    l.starts_with("export ") || l.starts_with("import ")
-                });
-                format!("{module}.{}", if esm { "mjs" } else { "js" })
-            }
-            Language::Go => "function.go".to_owned(),
-        };
-        Code::File { name, contents }
-    }
-}
 
 /// Absolute paths of the host's interpreters, found through the driver's `PATH` once; the
 /// instances themselves get no `PATH` lookups of the executor's environment.
@@ -148,7 +102,7 @@ pub(crate) struct GoBuilder {
 const DEFAULT_MODULE: &str = "kubefaas.local/function";
 
 /// What a build produced: the binary, or the user's compile error.
-pub(crate) type BuildResult = Result<PathBuf, FunctionError>;
+pub(crate) type BuildResult = Result<PathBuf, InvocationError>;
 
 impl GoBuilder {
     pub(crate) fn new(root: PathBuf, timeout: Duration) -> Self {
@@ -270,7 +224,7 @@ impl GoBuilder {
         let output = tokio::time::timeout(self.timeout, cmd.output())
             .await
             .map_err(|_| {
-                BuildError::User(FunctionError::platform(
+                BuildError::User(platform_error(
                     error_types::BUILD_FAILED,
                     format!("go build did not finish within {:?}", self.timeout),
                 ))
@@ -280,7 +234,7 @@ impl GoBuilder {
         if !output.status.success() {
             let mut message = String::from_utf8_lossy(&output.stderr).into_owned();
             message.truncate(16 * 1024);
-            return Err(BuildError::User(FunctionError::platform(
+            return Err(BuildError::User(platform_error(
                 error_types::BUILD_FAILED,
                 format!("go build failed:\n{message}"),
             )));
@@ -290,18 +244,14 @@ impl GoBuilder {
 }
 
 enum BuildError {
-    User(FunctionError),
+    User(InvocationError),
     Driver(Error),
 }
 
 /// The package clause of the Go files at the top of `src`.
-fn package_name(src: &Path) -> Result<String, FunctionError> {
-    let no_package = || {
-        FunctionError::platform(
-            error_types::BUILD_FAILED,
-            "the code has no .go file at its top level",
-        )
-    };
+fn package_name(src: &Path) -> Result<String, InvocationError> {
+    let no_package =
+        || platform_error(error_types::BUILD_FAILED, "the code has no .go file at its top level");
     let entries = fs::read_dir(src).map_err(|_| no_package())?;
     for entry in entries.flatten() {
         let path = entry.path();
@@ -335,19 +285,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runtime_names_map_to_languages() {
-        assert_eq!(Language::from_runtime("python3.12"), Some(Language::Python));
-        assert_eq!(Language::from_runtime("nodejs20"), Some(Language::Nodejs));
-        assert_eq!(Language::from_runtime("go"), Some(Language::Go));
-        assert_eq!(Language::from_runtime("ruby"), None);
-        assert_eq!(Language::from_runtime("pythonista"), None);
-    }
-
-    #[test]
     fn single_node_file_with_exports_is_an_es_module() {
-        let esm =
-            Language::Nodejs.single_file("index.handler", b"export const handler = 1".to_vec());
-        let cjs = Language::Nodejs.single_file("index.handler", b"exports.handler = 1".to_vec());
+        let esm = Code::single_file(
+            Language::Nodejs,
+            "index.handler",
+            b"export const handler = 1".to_vec(),
+        );
+        let cjs =
+            Code::single_file(Language::Nodejs, "index.handler", b"exports.handler = 1".to_vec());
         assert!(matches!(esm, Code::File { ref name, .. } if name == "index.mjs"));
         assert!(matches!(cjs, Code::File { ref name, .. } if name == "index.js"));
     }

@@ -28,7 +28,7 @@ fn spec(language: Language) -> FunctionSpec {
         Language::Nodejs => ("index.handler", NODE_INDEX),
         Language::Go => ("Handle", GO_FUNCTION),
     };
-    let code = language.single_file(handler, code.as_bytes().to_vec());
+    let code = Code::single_file(language, handler, code.as_bytes().to_vec());
     let mut spec =
         FunctionSpec::new(format!("conformance-{}", language.as_str()), language, handler, code)
             .expect("spec");
@@ -45,7 +45,7 @@ fn ok(invocation: &Invocation) -> &Value {
     }
 }
 
-fn err(invocation: &Invocation) -> &kubefaas_executor::FunctionError {
+fn err(invocation: &Invocation) -> &kubefaas_executor::InvocationError {
     match &invocation.outcome {
         Ok(value) => panic!("invocation succeeded with {value}, expected an error"),
         Err(e) => e,

@@ -20,7 +20,11 @@ pub(crate) fn driver() -> Arc<Driver> {
 
 /// A python function made of one `main.py` with `handler`.
 pub(crate) fn python(name: &str, source: &str) -> FunctionSpec {
-    let code = Language::Python.single_file("main.handler", source.as_bytes().to_vec());
+    let code = kubefaas_executor::Code::single_file(
+        Language::Python,
+        "main.handler",
+        source.as_bytes().to_vec(),
+    );
     FunctionSpec::new(name, Language::Python, "main.handler", code).expect("spec")
 }
 
