@@ -5,6 +5,7 @@
 //! - [`validation`]: the checks on those resources that the operator and the gateway both apply.
 //! - [`schema`]: structural-schema rules and validation of objects against a CRD schema.
 //! - [`runtime`]: the runtime catalogue.
+//! - [`service`]: shutdown signals and readiness checks shared by the service binaries.
 //! - [`store`]: the PostgreSQL store of functions and invocations, and the invocation lifecycle.
 //! - [`queue`]: the Redis Streams invocation queue: claims, retries with backoff, reclaim of
 //!   abandoned work, dead letters, trimming, stats and completion notifications.
@@ -20,5 +21,6 @@ pub mod queue;
 pub mod resources;
 pub mod runtime;
 pub mod schema;
+pub mod service;
 pub mod store;
 pub mod validation;

@@ -339,8 +339,19 @@ pub struct Reclaimed {
     /// Entries now owned by the reclaiming consumer, to be run.
     pub deliveries: Vec<Delivery>,
     /// Entries that had been handed out too often (or could not be read) and were moved to the
-    /// dead-letter stream.
-    pub dead_lettered: Vec<String>,
+    /// dead-letter stream. Their invocations will not run: the caller fails them.
+    pub dead_lettered: Vec<Abandoned>,
+}
+
+/// An entry [`Consumer::reclaim`] moved to the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abandoned {
+    /// Its id in the invocation stream.
+    pub entry_id: String,
+    /// The job, when the entry could be read.
+    pub job: Option<Job>,
+    /// How often it had been handed out.
+    pub attempts: u32,
 }
 
 /// An entry of the dead-letter stream.
@@ -820,7 +831,7 @@ impl Queue {
     async fn deliveries(
         &self,
         entries: Vec<(StreamId, u64)>,
-        dead: &mut Vec<String>,
+        dead: &mut Vec<Abandoned>,
     ) -> Result<Vec<Delivery>> {
         let mut out = Vec::with_capacity(entries.len());
         for (entry, deliveries) in entries {
@@ -830,7 +841,7 @@ impl Queue {
                     tracing::warn!(entry_id = %entry.id, %problem, "dead-lettering malformed queue entry");
                     let reason = format!("malformed entry: {problem}");
                     if self.dead_letter_entry(&entry.id, &reason, 0).await? {
-                        dead.push(entry.id);
+                        dead.push(Abandoned { entry_id: entry.id, job: None, attempts: 0 });
                     }
                 }
             }
@@ -968,7 +979,8 @@ impl Consumer {
                 let attempts = u32::try_from(handed_out).unwrap_or(u32::MAX);
                 if self.queue.dead_letter_entry(&entry.id, &reason, attempts).await? {
                     tracing::warn!(entry_id = %entry.id, %reason, "dead-lettered poison queue entry");
-                    result.dead_lettered.push(entry.id);
+                    let job = Job::from_fields(&entry.map).ok();
+                    result.dead_lettered.push(Abandoned { entry_id: entry.id, job, attempts });
                 }
             } else {
                 live.push((entry, deliveries));

@@ -14,7 +14,7 @@ use std::{
 };
 
 use kubefaas_core::queue::{
-    Completions, Consumer, Delivery, Job, Notice, Queue, QueueConfig, QueueStats, Waited,
+    Abandoned, Completions, Consumer, Delivery, Job, Notice, Queue, QueueConfig, QueueStats, Waited,
 };
 use redis::{Client, ConnectionAddr, aio::MultiplexedConnection};
 use tokio::{
@@ -187,7 +187,14 @@ async fn poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() {
             }
             None => {
                 assert!(got.deliveries.is_empty(), "handed out a 4th time");
-                assert_eq!(got.dead_lettered, vec![entry_id.clone()]);
+                assert_eq!(
+                    got.dead_lettered,
+                    vec![Abandoned {
+                        entry_id: entry_id.clone(),
+                        job: Some(job.clone()),
+                        attempts: 3
+                    }]
+                );
             }
         }
     }

@@ -58,16 +58,8 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let mut problems = Vec::new();
-    if let Err(error) = state.health.store.ping().await {
-        problems.push(format!("postgres: {error}"));
-    }
-    if let Err(error) = state.health.queue.stats().await {
-        problems.push(format!("redis: {error}"));
-    }
-    if problems.is_empty() {
-        (StatusCode::OK, "ok".to_owned())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n"))
+    match kubefaas_core::service::readiness(&state.health.store, &state.health.queue).await {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(problems) => (StatusCode::SERVICE_UNAVAILABLE, problems),
     }
 }
