@@ -245,8 +245,20 @@ impl Cluster {
         &mut self,
         rt: &ResourceType,
         namespace: Option<&str>,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
+        self.create_object(rt, namespace, obj, opts, false)
+    }
+
+    /// Creates an object; `applied` objects come with the managed fields of their apply.
+    fn create_object(
+        &mut self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
         mut obj: Value,
         opts: &WriteOptions,
+        applied: bool,
     ) -> ApiResult<Value> {
         check_body(rt, &obj)?;
         obj = present(rt, obj);
@@ -305,14 +317,12 @@ impl Cluster {
         meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), Value::String(now.clone()));
         meta.insert("generation".into(), json!(1));
-        for k in [
-            "resourceVersion",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "selfLink",
-            "managedFields",
-        ] {
+        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
+        {
             meta.remove(k);
+        }
+        if !applied {
+            meta.remove("managedFields");
         }
         self.check_namespace(rt, namespace)?;
         let k = key(rt, namespace, &name);
@@ -325,7 +335,7 @@ impl Cluster {
         }
         custom::admit(rt, &mut obj, opts.field_validation)?;
         let scope = Scope::Main { without_status: rt.status_subresource };
-        if obj["metadata"]["managedFields"].is_null() {
+        if !applied {
             apply::track_update(None, &mut obj, &opts.field_manager, scope, &now);
         }
         if opts.dry_run {
@@ -489,9 +499,7 @@ impl Cluster {
             None => {
                 let mut obj = merged;
                 obj["metadata"]["name"] = Value::String(name.to_owned());
-                let opts =
-                    WriteOptions { field_manager: opts.field_manager.clone(), ..opts.clone() };
-                Ok((201, self.create(rt, namespace, obj, &opts)?))
+                Ok((201, self.create_object(rt, namespace, obj, opts, true)?))
             }
         }
     }
