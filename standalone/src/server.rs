@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::patch::PatchType;
 use crate::registry::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Event, EventType};
 use crate::table::IncludeObject;
 use crate::{discovery, openapi};
 
@@ -478,10 +479,8 @@ async fn watch(
                 match cluster.store.subscribe(rv) {
                     Some((backlog, receiver)) => {
                         for event in backlog {
-                            if let Some(obj) =
-                                relevant(&rt, ns.as_deref(), &list, &event.key, &event.object)
-                            {
-                                lines.push(event_line(event.kind.as_str(), render(obj)));
+                            if let Some((kind, obj)) = relevant(&rt, ns.as_deref(), &list, &event) {
+                                lines.push(event_line(kind, render(obj)));
                             }
                         }
                         (lines, receiver, current)
@@ -541,8 +540,8 @@ async fn watch(
                 received = receiver.recv() => match received {
                     Ok(event) => {
                         last_rv = last_rv.max(event.rv);
-                        match relevant(&rt, ns.as_deref(), &list, &event.key, &event.object) {
-                            Some(obj) => event_line(event.kind.as_str(), render(obj)),
+                        match relevant(&rt, ns.as_deref(), &list, &event) {
+                            Some((kind, obj)) => event_line(kind, render(obj)),
                             None => continue,
                         }
                     }
@@ -581,22 +580,29 @@ where
     response
 }
 
-/// The object as the watcher should see it, if the event concerns it.
+/// The event as the watcher should see it, if it concerns the watcher: a modification that
+/// moves an object into a selection is `ADDED`, one that moves it out is `DELETED`.
 fn relevant(
     rt: &ResourceType,
     ns: Option<&str>,
     list: &ListOptions,
-    key: &crate::store::Key,
-    object: &Value,
-) -> Option<Value> {
+    event: &Event,
+) -> Option<(&'static str, Value)> {
+    let key = &event.key;
     if key.group != rt.group || key.resource != rt.plural {
         return None;
     }
     if ns.is_some_and(|ns| key.namespace != ns) {
         return None;
     }
-    if !list.labels.matches_object(object) || !list.fields.matches(object) {
-        return None;
-    }
-    Some(present(rt, object.clone()))
+    let selected = |o: &Value| list.labels.matches_object(o) && list.fields.matches(o);
+    let now = selected(&event.object);
+    let before = event.previous.as_deref().is_some_and(selected);
+    let kind = match (event.kind, before, now) {
+        (EventType::Modified, false, true) => EventType::Added,
+        (EventType::Modified, true, false) => EventType::Deleted,
+        (kind, _, true) => kind,
+        _ => return None,
+    };
+    Some((kind.as_str(), present(rt, (*event.object).clone())))
 }

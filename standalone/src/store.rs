@@ -68,6 +68,9 @@ pub(crate) struct Event {
     pub(crate) key: Key,
     /// The object after the change (before removal for deletes, with the new version).
     pub(crate) object: Arc<Value>,
+    /// The object before a modification, so selector-filtered watches can tell when an
+    /// object enters or leaves their selection.
+    pub(crate) previous: Option<Arc<Value>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -218,11 +221,10 @@ impl Store {
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         }
-        let kind =
-            if self.objects.contains_key(&key) { EventType::Modified } else { EventType::Added };
         self.persist(rv, &key, Some(&object));
-        self.objects.insert(key.clone(), object.clone());
-        self.record(Event { rv, kind, key, object: Arc::new(object.clone()) });
+        let previous = self.objects.insert(key.clone(), object.clone()).map(Arc::new);
+        let kind = if previous.is_some() { EventType::Modified } else { EventType::Added };
+        self.record(Event { rv, kind, key, object: Arc::new(object.clone()), previous });
         object
     }
 
@@ -240,6 +242,7 @@ impl Store {
             kind: EventType::Deleted,
             key: key.clone(),
             object: Arc::new(object.clone()),
+            previous: None,
         });
         Some(object)
     }

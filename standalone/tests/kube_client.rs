@@ -317,3 +317,21 @@ async fn a_data_directory_keeps_objects_and_resource_versions_across_restarts() 
     assert!(rv(&updated) > rv(&created), "resource versions continue after a restart");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_label_selected_watch_sees_objects_enter_and_leave_the_selection() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("moving")).await.unwrap();
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let params = WatchParams::default().labels("stage=live").timeout(10);
+    let mut stream = api.watch(&params, &rv).await.unwrap().boxed();
+    let label =
+        |value: Option<&str>| Patch::Merge(json!({"metadata": {"labels": {"stage": value}}}));
+    api.patch("moving", &PatchParams::default(), &label(Some("live"))).await.unwrap();
+    api.patch("moving", &PatchParams::default(), &label(Some("retired"))).await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(common::PATIENCE, stream.next()).await.unwrap().unwrap().unwrap()
+    };
+    assert!(matches!(next().await, WatchEvent::Added(f) if f.name_any() == "moving"));
+    assert!(matches!(next().await, WatchEvent::Deleted(f) if f.labels()["stage"] == "retired"));
+}
