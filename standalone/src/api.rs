@@ -95,6 +95,26 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj["metadata"][field].as_str().filter(|s| !s.is_empty())
 }
 
+/// Sets `path` in `obj`, turning anything in the way that is not an object into one. Stored
+/// objects come from clients, so no part of them is assumed to have the expected shape.
+fn set_path(obj: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut node = obj;
+    for seg in parents {
+        if !node.is_object() {
+            *node = json!({});
+        }
+        let Some(map) = node.as_object_mut() else { return };
+        node = map.entry(*seg).or_insert_with(|| json!({}));
+    }
+    if !node.is_object() {
+        *node = json!({});
+    }
+    if let Some(map) = node.as_object_mut() {
+        map.insert((*last).to_owned(), value);
+    }
+}
+
 fn finalizers(obj: &Value) -> Vec<String> {
     obj["metadata"]["finalizers"]
         .as_array()
@@ -498,7 +518,7 @@ impl Cluster {
             None if scope == Scope::Status => Err(ApiError::not_found(&rt.group_resource(), name)),
             None => {
                 let mut obj = merged;
-                obj["metadata"]["name"] = Value::String(name.to_owned());
+                set_path(&mut obj, &["metadata", "name"], Value::String(name.to_owned()));
                 Ok((201, self.create_object(rt, namespace, obj, opts, true)?))
             }
         }
@@ -521,7 +541,7 @@ impl Cluster {
             Scope::Status => {
                 let mut out = old.clone();
                 match new.get("status") {
-                    Some(s) => out["status"] = s.clone(),
+                    Some(s) => set_path(&mut out, &["status"], s.clone()),
                     None => {
                         if let Some(m) = out.as_object_mut() {
                             m.remove("status");
@@ -529,7 +549,8 @@ impl Cluster {
                     }
                 }
                 if applied {
-                    out["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
+                    let managed = new["metadata"]["managedFields"].clone();
+                    set_path(&mut out, &["metadata", "managedFields"], managed);
                 }
                 out
             }
@@ -593,7 +614,7 @@ impl Cluster {
         custom::admit(rt, &mut new, opts.field_validation)?;
         if spec_part(&new) != spec_part(&old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
-            new["metadata"]["generation"] = json!(generation);
+            set_path(&mut new, &["metadata", "generation"], json!(generation));
         }
         if !applied {
             let old_presented = present(rt, old.clone());
@@ -679,10 +700,10 @@ impl Cluster {
         if !finalizers(&obj).is_empty() || is_namespace {
             let mut held = obj.clone();
             if held["metadata"]["deletionTimestamp"].is_null() {
-                held["metadata"]["deletionTimestamp"] = Value::String(now());
-                held["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                set_path(&mut held, &["metadata", "deletionTimestamp"], Value::String(now()));
+                set_path(&mut held, &["metadata", "deletionGracePeriodSeconds"], json!(0));
                 if is_namespace {
-                    held["status"]["phase"] = json!("Terminating");
+                    set_path(&mut held, &["status", "phase"], json!("Terminating"));
                 }
                 held = self.store.put(k.clone(), held);
             }
@@ -726,7 +747,7 @@ impl Cluster {
     }
 
     fn delete_key(&mut self, k: &Key, propagation: Option<&str>) {
-        let Some(rt) = self.registry.find_any_version(&k.group, &k.resource).cloned() else {
+        let Some(rt) = self.registry.find_any_version(&k.group, &k.resource) else {
             self.remove_now(k);
             return;
         };
@@ -791,7 +812,7 @@ impl Cluster {
                 self.delete_key(&k, None);
             } else {
                 let mut updated = obj;
-                updated["metadata"]["ownerReferences"] = Value::Array(remaining);
+                set_path(&mut updated, &["metadata", "ownerReferences"], Value::Array(remaining));
                 self.store.put(k, updated);
             }
         }
@@ -853,6 +874,9 @@ fn check_body(rt: &ResourceType, obj: &Value) -> ApiResult<()> {
     if !obj.is_object() {
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
     }
+    if obj.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    }
     if let Some(kind) = obj["kind"].as_str()
         && kind != rt.kind
     {
@@ -879,9 +903,8 @@ fn initial_status(rt: &ResourceType, obj: &mut Value) {
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "namespaces") => {
             map.insert("status".into(), json!({"phase": "Active"}));
-            let spec = map.entry("spec").or_insert_with(|| json!({}));
-            if spec.get("finalizers").is_none() {
-                spec["finalizers"] = json!(["kubernetes"]);
+            if obj["spec"]["finalizers"].is_null() {
+                set_path(obj, &["spec", "finalizers"], json!(["kubernetes"]));
             }
         }
         ("", "secrets") => {
@@ -892,9 +915,8 @@ fn initial_status(rt: &ResourceType, obj: &mut Value) {
         }
         ("", "services") => {
             map.insert("status".into(), json!({"loadBalancer": {}}));
-            let spec = map.entry("spec").or_insert_with(|| json!({}));
-            if spec.get("type").is_none() {
-                spec["type"] = json!("ClusterIP");
+            if obj["spec"]["type"].is_null() {
+                set_path(obj, &["spec", "type"], json!("ClusterIP"));
             }
         }
         _ if rt.status_subresource => {
@@ -971,14 +993,18 @@ fn check_crd(obj: &mut Value) -> ApiResult<()> {
     let names = spec["names"].clone();
     let now = now();
     let condition = |t: &str, reason: &str, message: &str| json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message});
-    obj["status"] = json!({
-        "acceptedNames": names,
-        "conditions": [
-            condition("NamesAccepted", "NoConflicts", "no conflicts found"),
-            condition("Established", "InitialNamesAccepted", "the initial names have been accepted"),
-        ],
-        "storedVersions": stored,
-    });
+    set_path(
+        obj,
+        &["status"],
+        json!({
+            "acceptedNames": names,
+            "conditions": [
+                condition("NamesAccepted", "NoConflicts", "no conflicts found"),
+                condition("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+            ],
+            "storedVersions": stored,
+        }),
+    );
     Ok(())
 }
 

@@ -343,8 +343,8 @@ pub(crate) fn apply(
     }
     deep_merge(&mut out, config, &mut Vec::new(), scope);
     for key in ["apiVersion", "kind"] {
-        if let Some(v) = config.get(key) {
-            out[key] = v.clone();
+        if let (Some(v), Some(map)) = (config.get(key), out.as_object_mut()) {
+            map.insert(key.to_owned(), v.clone());
         }
     }
     entry_mut(&mut entries, manager, "Apply", scope, api_version, now).fields = wanted;

@@ -80,6 +80,9 @@ fn type_schema(rt: &ResourceType) -> Value {
         .schema_json
         .clone()
         .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    if !schema.is_object() {
+        schema = json!({"type": "object"});
+    }
     if !schema["properties"].is_object() {
         schema["properties"] = json!({});
     }

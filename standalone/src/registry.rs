@@ -1,6 +1,8 @@
 //! The resource types the server serves: a fixed set of built-ins and one entry per served
 //! version of every `CustomResourceDefinition` in the store.
 
+use std::sync::Arc;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 use serde_json::Value;
 
@@ -215,20 +217,18 @@ pub(crate) fn from_crd(crd: &Value) -> Vec<ResourceType> {
 /// All served types.
 #[derive(Debug, Clone)]
 pub(crate) struct Registry {
-    types: Vec<ResourceType>,
+    types: Vec<Arc<ResourceType>>,
 }
 
 impl Registry {
     /// The built-ins plus the types of `crds`.
     pub(crate) fn new<'a>(crds: impl Iterator<Item = &'a Value>) -> Self {
-        let mut types = builtins();
+        let mut types: Vec<Arc<ResourceType>> = builtins().into_iter().map(Arc::new).collect();
         for crd in crds {
             for t in from_crd(crd) {
-                if !types.iter().any(|b| b.group == t.group && b.plural == t.plural) || t.custom {
-                    types.retain(|b| {
-                        !(b.group == t.group && b.version == t.version && b.plural == t.plural)
-                    });
-                    types.push(t);
+                // A CRD never shadows a built-in type.
+                if !types.iter().any(|b| !b.custom && b.group == t.group && b.plural == t.plural) {
+                    types.push(Arc::new(t));
                 }
             }
         }
@@ -236,18 +236,27 @@ impl Registry {
     }
 
     /// Every served type.
-    pub(crate) fn all(&self) -> &[ResourceType] {
+    pub(crate) fn all(&self) -> &[Arc<ResourceType>] {
         &self.types
     }
 
     /// The type served at `group`/`version`/`plural`.
-    pub(crate) fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
-        self.types.iter().find(|t| t.group == group && t.version == version && t.plural == plural)
+    pub(crate) fn find(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceType>> {
+        let found = self
+            .types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural);
+        found.cloned()
     }
 
     /// Any served version of `group`/`plural` (for garbage collection, which is version-blind).
-    pub(crate) fn find_any_version(&self, group: &str, plural: &str) -> Option<&ResourceType> {
-        self.types.iter().find(|t| t.group == group && t.plural == plural)
+    pub(crate) fn find_any_version(&self, group: &str, plural: &str) -> Option<Arc<ResourceType>> {
+        self.types.iter().find(|t| t.group == group && t.plural == plural).cloned()
     }
 
     /// Groups with their versions, in a stable order (core group excluded).

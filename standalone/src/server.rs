@@ -308,14 +308,9 @@ async fn resource(
     headers: &HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let rt = app
-        .lock()
-        .registry
-        .find(&target.group, &target.version, &target.plural)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::no_route(&format!("{}/{} {}", target.group, target.version, target.plural))
-        })?;
+    let rt = app.lock().registry.find(&target.group, &target.version, &target.plural).ok_or_else(
+        || ApiError::no_route(&format!("{}/{} {}", target.group, target.version, target.plural)),
+    )?;
     if target.namespace.is_some() && !rt.namespaced {
         return Err(ApiError::no_route(&format!(
             "namespaced path for cluster-scoped {}",
@@ -441,7 +436,7 @@ fn event_line(kind: &str, object: Value) -> Bytes {
 
 async fn watch(
     app: &Arc<AppState>,
-    rt: ResourceType,
+    rt: Arc<ResourceType>,
     ns: Option<&str>,
     query: &Query,
     table: bool,

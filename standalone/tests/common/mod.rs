@@ -164,11 +164,14 @@ impl Harness {
         self.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()]).await;
     }
 
+    /// The server's address.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().unwrap().addr()
+    }
+
     /// A `kube` client for this server, default namespace `default`.
     pub(crate) fn client(&self) -> kube::Client {
-        let mut config = kube::Config::new(
-            format!("http://{}", self.server.as_ref().unwrap().addr()).parse().unwrap(),
-        );
+        let mut config = kube::Config::new(format!("http://{}", self.addr()).parse().unwrap());
         config.default_namespace = "default".into();
         kube::Client::try_from(config).unwrap()
     }
