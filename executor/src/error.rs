@@ -50,6 +50,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The control connection between driver and bootstrap failed.
     #[error("control connection: {0}")]
     Control(#[source] std::io::Error),

@@ -298,7 +298,7 @@ impl Instance {
         let _ = fs::remove_file(&socket_path);
         drop(listener);
         let Some(stream) = accepted else {
-            return pending.failed_start(&driver, started, "the runtime did not connect").await;
+            return pending.failed_start(started, "the runtime did not connect").await;
         };
         let (read_half, mut writer) = stream.into_split();
         let mut reader = BufReader::new(read_half);
@@ -333,9 +333,7 @@ impl Instance {
                 return Ok(Err(StartFailure { error, logs, duration: started.elapsed() }));
             }
             _ => {
-                return pending
-                    .failed_start(&driver, started, "the runtime exited while loading")
-                    .await;
+                return pending.failed_start(started, "the runtime exited while loading").await;
             }
         }
         let init_logs = pending.logs.next_segment(SETTLE).await;
@@ -518,12 +516,7 @@ impl Pending {
         kill_tree(&mut self.child, self.pid, self.cgroup.as_ref()).await;
     }
 
-    async fn failed_start(
-        mut self,
-        driver: &Driver,
-        started: Instant,
-        what: &str,
-    ) -> Result<StartOutcome, Error> {
+    async fn failed_start(mut self, started: Instant, what: &str) -> Result<StartOutcome, Error> {
         let status = tokio::time::timeout(Duration::from_millis(200), self.child.wait())
             .await
             .ok()
@@ -540,7 +533,6 @@ impl Pending {
         if error.type_ == error_types::RUNTIME_EXITED {
             error.message = format!("{what}: {}", error.message);
         }
-        let _ = driver;
         Ok(Err(StartFailure { error, logs, duration: started.elapsed() }))
     }
 }

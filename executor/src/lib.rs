@@ -21,6 +21,7 @@ mod pool;
 mod process;
 mod runtime;
 pub mod sandbox;
+pub mod watchdog;
 
 pub use code::{Code, DEFAULT_MAX_UNPACKED_BYTES};
 pub use driver::{Driver, DriverConfig, FunctionSpec, StartOutcome};
