@@ -314,8 +314,21 @@ impl Instance {
         };
         send(&mut writer, &init).await?;
         let received = tokio::select! {
-            r = read_line(&mut reader, 1024 * 1024) => r.map_err(Error::Control)?,
-            _ = tokio::time::sleep(driver.config.init_timeout) => Received::Closed,
+            r = read_line(&mut reader, 1024 * 1024) => Some(r.map_err(Error::Control)?),
+            _ = tokio::time::sleep(driver.config.init_timeout) => None,
+        };
+        let Some(received) = received else {
+            // Killed first: the log reader flushes what it holds back when the pipe closes.
+            pending.kill().await;
+            let logs = pending.logs.next_segment(SETTLE).await;
+            let error = platform_error(
+                error_types::TIMED_OUT,
+                format!(
+                    "loading handler {} took longer than {:?}",
+                    spec.handler, driver.config.init_timeout
+                ),
+            );
+            return Ok(Err(StartFailure { error, logs, duration: started.elapsed() }));
         };
         let reply = match received {
             Received::Line(line) => serde_json::from_slice::<Reply>(&line).ok(),

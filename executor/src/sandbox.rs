@@ -64,6 +64,9 @@ pub enum SandboxMode {
     /// Use whatever the host allows: cgroups, else rlimits; namespaces if possible.
     #[default]
     Auto,
+    /// Never use cgroups, only the rlimit fallback (and namespaces if possible): what a host
+    /// without writable cgroups gets, on purpose.
+    Rlimits,
     /// No limits or namespaces: the surrounding container enforces them (inside runtime pods).
     Off,
 }
@@ -101,7 +104,7 @@ impl Sandbox {
                 },
             };
         }
-        let hierarchy = detect_hierarchy();
+        let hierarchy = if mode == SandboxMode::Rlimits { None } else { detect_hierarchy() };
         let unshare = detect_unshare();
         let report = match &hierarchy {
             Some(Hierarchy::V1 { cpu, pids, .. }) => SandboxReport {
