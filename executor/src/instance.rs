@@ -226,7 +226,9 @@ impl Instance {
             duration: started.elapsed(),
         };
         let guard = DirGuard(Some(dir.clone()));
-        spec.code.materialize(&code_dir, driver.config.max_code_bytes)?;
+        if let Err(e) = spec.code.materialize(&code_dir, driver.config.max_code_bytes) {
+            return user_fault(e).map(|error| Err(fail(error)));
+        }
         let program = driver.interpreters.get(spec.language).await?;
         let command: Vec<String> = match spec.language {
             Language::Python => vec![
@@ -249,10 +251,11 @@ impl Instance {
                         &spec.handler,
                         driver.config.max_code_bytes,
                     )
-                    .await?;
+                    .await;
                 match built {
-                    Ok(binary) => vec![binary.display().to_string()],
-                    Err(error) => return Ok(Err(fail(error))),
+                    Ok(Ok(binary)) => vec![binary.display().to_string()],
+                    Ok(Err(error)) => return Ok(Err(fail(error))),
+                    Err(e) => return user_fault(e).map(|error| Err(fail(error))),
                 }
             }
         };
@@ -547,6 +550,18 @@ impl Pending {
             error.message = format!("{what}: {}", error.message);
         }
         Ok(Err(StartFailure { error, logs, duration: started.elapsed() }))
+    }
+}
+
+/// The structured error of a start that failed because of the function's code or handler;
+/// any other error stays the driver's.
+fn user_fault(error: Error) -> Result<InvocationError, Error> {
+    match error {
+        Error::InvalidCode(message) => Ok(platform_error(error_types::INVALID_CODE, message)),
+        e @ Error::InvalidHandler { .. } => {
+            Ok(platform_error(error_types::INIT_FAILED, e.to_string()))
+        }
+        other => Err(other),
     }
 }
 

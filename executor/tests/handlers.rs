@@ -145,3 +145,33 @@ async fn result_over_the_size_limit_is_an_error_and_replaces_the_instance() {
     assert_eq!(error.type_, error_types::RESULT_TOO_LARGE);
     assert!(!instance.is_alive());
 }
+
+#[tokio::test]
+async fn unusable_code_and_handler_names_are_the_functions_fault() {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    writer.start_file("../../evil.py", zip::write::SimpleFileOptions::default()).unwrap();
+    std::io::Write::write_all(&mut writer, b"x = 1").unwrap();
+    let evil = writer.finish().unwrap().into_inner();
+    let spec =
+        FunctionSpec::new("zip-slip", Language::Python, "main.handler", Code::Zip(evil)).unwrap();
+    let failure = driver().start(Arc::new(spec)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, error_types::INVALID_CODE);
+    assert!(failure.error.message.contains("outside the code"), "{}", failure.error.message);
+
+    let garbage = FunctionSpec::new(
+        "not-zip",
+        Language::Python,
+        "main.handler",
+        Code::Zip(b"PK\x03\x04junk".to_vec()),
+    )
+    .unwrap();
+    let failure = driver().start(Arc::new(garbage)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, error_types::INVALID_CODE);
+
+    let code = Code::File { name: "function.go".into(), contents: b"package main\n".to_vec() };
+    let spec =
+        FunctionSpec::new("go-bad-handler", Language::Go, "Handle(); os.Exit", code).unwrap();
+    let failure = driver().start(Arc::new(spec)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, error_types::INIT_FAILED);
+    assert!(failure.error.message.contains("exported function"), "{}", failure.error.message);
+}
