@@ -6,7 +6,7 @@
 //!   `{"id", "error": {type, message, stack}}`, plus `logs`, `logsTruncated` and `metrics` in
 //!   the Invocation status's shape. Function failures are 200s: the HTTP status only says
 //!   whether the watchdog could run the invocation.
-//! - `GET /healthz` → 200 once the instance is warm.
+//! - `GET /healthz` → 200 while an instance is warm or busy (a killed one is replaced first).
 //!
 //! In the container the pod enforces limits, so the driver's own sandbox is off.
 
@@ -212,10 +212,13 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new().route("/invoke", post(invoke)).route("/healthz", get(healthz)).with_state(state)
 }
 
+/// 200 when an instance is warm or busy. An instance that was killed (timeout, crash) is
+/// replaced here rather than on the next invocation, so probes keep the pod warm.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    // Busy counts as healthy: the instance is serving.
-    let name = &state.spec.name;
-    if state.pool.instances(name) > 0 {
+    if let Err(e) = state.pool.ensure_warm(Arc::clone(&state.spec), SCALING).await {
+        tracing::warn!(error = %e, "no instance could be started");
+    }
+    if state.pool.instances(&state.spec.name) > 0 {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no warm instance").into_response()

@@ -95,6 +95,7 @@ async fn watchdog_serves_invocations_from_a_code_directory_and_shuts_down_gracef
     assert_eq!(status, 200);
     let response: InvokeResponse = serde_json::from_str(&body).unwrap();
     assert_eq!(response.error.unwrap().type_, "TimedOut");
+    assert_eq!(http(addr, "GET", "/healthz", "").await.0, 200, "the killed instance is replaced");
 
     let (status, body) = http(addr, "POST", "/invoke", "{not json").await;
     assert_eq!(status, 400);
@@ -111,6 +112,7 @@ async fn watchdog_serves_invocations_from_a_code_directory_and_shuts_down_gracef
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200, "{body}");
     let response: InvokeResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(response.metrics.cold_start, Some(false), "warmed again by the health check");
     assert_eq!(response.result.unwrap()["calls"], json!(1), "a new instance after the timeout");
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
