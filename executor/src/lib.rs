@@ -9,19 +9,24 @@
 //! function.
 //!
 //! What the local sandbox does and does not protect against is written down in `SANDBOX.md`
-//! next to this crate. The crate must not talk to Postgres, Redis or the Kubernetes API: the
-//! queue consumer and backends built on top of it do.
+//! next to this crate. The driver modules do not talk to Postgres, Redis or the Kubernetes API;
+//! the [`worker`] (the queue consumer), [`functions`] (functions from the Kubernetes API) and
+//! [`service`] (the `kubefaas-executor` binary's body) do.
 
 mod code;
 mod driver;
 mod error;
+pub mod functions;
 mod instance;
 mod logs;
+pub mod metrics;
 mod pool;
 mod process;
 mod runtime;
 pub mod sandbox;
+pub mod service;
 pub mod watchdog;
+pub mod worker;
 
 pub use code::{Code, DEFAULT_MAX_UNPACKED_BYTES};
 pub use driver::{Driver, DriverConfig, FunctionSpec, StartOutcome};

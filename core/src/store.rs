@@ -1,0 +1,1099 @@
+//! The PostgreSQL store: functions, invocations and the invocation lifecycle.
+//!
+//! PostgreSQL is the source of truth for invocation history. Redis carries invocations at least
+//! once; what makes each one run to completion exactly once in effect is that every lifecycle step
+//! here is a compare-and-set on the invocation's row:
+//!
+//! ```text
+//! pending ──mark_queued──▶ queued ──claim──▶ running ──complete──▶ succeeded | failed | timed_out
+//!                            ▲                  │
+//!                            └───retry_later────┘   (expired lease: claim takes it over)
+//! ```
+//!
+//! A claim hands out a [`Lease`] whose `attempt` is the row's attempt counter at the time of the
+//! claim. Only the holder of the current attempt may renew the lease, send the invocation back for
+//! a retry, or commit a terminal state; a holder whose lease expired and was taken over finds its
+//! writes rejected. SQL lives here only, one function per query, with parameters bound.
+
+use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    types::Json,
+};
+use uuid::Uuid;
+
+use crate::resources::{InvocationError, InvocationMetrics, InvocationPhase};
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Most rows one list query returns, whatever the caller asks for.
+pub const MAX_PAGE_SIZE: i64 = 1000;
+
+/// Failures of store operations. Each names the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL could not be parsed or the server could not be reached.
+    #[error("connecting to PostgreSQL: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// Applying the migrations failed.
+    #[error("running database migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("{op}: {source}")]
+    Query {
+        /// The store operation that ran the query.
+        op: &'static str,
+        /// What the database or driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The write conflicts with a row that already exists.
+    #[error("{op}: {message}")]
+    Conflict {
+        /// The store operation that was refused.
+        op: &'static str,
+        /// What conflicted.
+        message: String,
+    },
+    /// An invocation names a function id that has no row.
+    #[error("function {0} does not exist")]
+    UnknownFunction(Uuid),
+    /// A row holds a value this version of kubefaas does not understand.
+    #[error("unexpected {what} {value:?} in the database")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// The caller asked for a transition the lifecycle does not have.
+    #[error("{0}")]
+    InvalidTransition(String),
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// Connection settings for [`Store::connect`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long to wait for a free connection (and for the first connection) before failing.
+    pub acquire_timeout: Duration,
+    /// Schema to use for every table instead of the user's default `search_path`; tests give each
+    /// test its own.
+    pub schema: Option<String>,
+}
+
+impl StoreConfig {
+    /// Settings for `url` with the defaults: 10 connections, 10 s acquire timeout, default schema.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            schema: None,
+        }
+    }
+}
+
+/// Handle on the kubefaas database. Cheap to clone; clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Opens a connection pool and checks the server answers.
+    pub async fn connect(config: &StoreConfig) -> Result<Self> {
+        let mut options: PgConnectOptions = config.url.parse().map_err(StoreError::Connect)?;
+        if let Some(schema) = &config.schema {
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Connect)?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool, for callers that need a transaction across store operations.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations. Already-applied ones are skipped, and concurrent callers
+    /// serialise on an advisory lock, so every component may call this at start.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await.map_err(StoreError::Migrate)
+    }
+
+    /// Checks the database answers (for readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(query_error("ping"))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Functions
+// ---------------------------------------------------------------------------------------------
+
+/// Where a function's code comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CodeSource {
+    /// Base64 source text in the Function spec.
+    Inline,
+    /// A base64 zip archive in the Function spec.
+    Zip,
+    /// A key of a ConfigMap.
+    ConfigMap,
+    /// Downloaded from a URL and checked against a SHA-256.
+    Url,
+}
+
+impl CodeSource {
+    /// The value stored in `functions.code_source_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inline => "inline",
+            Self::Zip => "zip",
+            Self::ConfigMap => "configmap",
+            Self::Url => "url",
+        }
+    }
+}
+
+impl TryFrom<String> for CodeSource {
+    type Error = StoreError;
+
+    fn try_from(value: String) -> Result<Self> {
+        Ok(match value.as_str() {
+            "inline" => Self::Inline,
+            "zip" => Self::Zip,
+            "configmap" => Self::ConfigMap,
+            "url" => Self::Url,
+            _ => {
+                return Err(StoreError::Corrupt { what: "code source type", value });
+            }
+        })
+    }
+}
+
+/// What the store records about a function: everything but the bookkeeping timestamps.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct FunctionRecord {
+    /// Row id. Used when the row is first inserted; an update keeps the existing id.
+    pub id: Uuid,
+    /// Kubernetes namespace of the Function.
+    pub namespace: String,
+    /// Name of the Function (a DNS-1123 label).
+    pub name: String,
+    /// Version label from the spec.
+    pub version: String,
+    /// Runtime name from the catalogue.
+    pub runtime: String,
+    /// Entry point inside the code.
+    pub handler: String,
+    /// Where the code comes from.
+    #[sqlx(rename = "code_source_type", try_from = "String")]
+    pub code_source: CodeSource,
+    /// ConfigMap `name/key` or URL of the code, when it is not in the spec.
+    pub code_location: Option<String>,
+    /// Lower-case hex SHA-256 of the code bytes.
+    pub code_checksum: String,
+    /// Size of the code in bytes.
+    pub code_size: i64,
+    /// Default deadline of one invocation.
+    pub timeout_seconds: i32,
+    /// Memory limit in MiB.
+    pub memory_mb: i32,
+    /// CPU limit in millicores.
+    pub cpu_millis: i32,
+    /// Most invocations running at once.
+    pub max_concurrency: i32,
+    /// Environment variables given to the function.
+    #[sqlx(json)]
+    pub environment: BTreeMap<String, String>,
+    /// Free-form metadata from the REST API (a JSON object).
+    pub metadata: Value,
+}
+
+/// A stored function.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct FunctionRow {
+    /// The recorded fields.
+    #[sqlx(flatten)]
+    pub record: FunctionRecord,
+    /// When the row was inserted.
+    pub created_at: DateTime<Utc>,
+    /// When a field last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When the function was deleted; `None` while it is live.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What [`Store::upsert_function`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upsert {
+    /// No live function had the name: a row was inserted.
+    Created,
+    /// The live row changed.
+    Updated,
+    /// The live row already held these values; nothing was written.
+    Unchanged,
+}
+
+/// Filters for [`Store::list_functions`]. Only live functions are listed, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct FunctionQuery {
+    /// Only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Only this runtime name (exact match).
+    pub runtime: Option<String>,
+    /// Page size, clamped to `1..=MAX_PAGE_SIZE`; 100 when `None`.
+    pub limit: Option<i64>,
+    /// Rows to skip.
+    pub offset: Option<i64>,
+}
+
+fn page(limit: Option<i64>, offset: Option<i64>) -> (i64, i64) {
+    (limit.unwrap_or(100).clamp(1, MAX_PAGE_SIZE), offset.unwrap_or(0).max(0))
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
+}
+
+impl Store {
+    /// Inserts the live function `(namespace, name)` or brings it up to date with `record`.
+    ///
+    /// Idempotent: writing the same record again changes nothing (not even `updated_at`). The id
+    /// of `record` is used only for an insert; it conflicts if a deleted function holds it.
+    pub async fn upsert_function(&self, record: &FunctionRecord) -> Result<(FunctionRow, Upsert)> {
+        const OP: &str = "upsert function";
+        #[derive(sqlx::FromRow)]
+        struct Written {
+            #[sqlx(flatten)]
+            row: FunctionRow,
+            inserted: bool,
+        }
+        let written: Option<Written> = sqlx::query_as(
+            "INSERT INTO functions (id, namespace, name, version, runtime, handler, \
+                 code_source_type, code_location, code_checksum, code_size, timeout_seconds, \
+                 memory_mb, cpu_millis, max_concurrency, environment, metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (namespace, name) WHERE deleted_at IS NULL DO UPDATE SET \
+                 version = EXCLUDED.version, runtime = EXCLUDED.runtime, \
+                 handler = EXCLUDED.handler, code_source_type = EXCLUDED.code_source_type, \
+                 code_location = EXCLUDED.code_location, code_checksum = EXCLUDED.code_checksum, \
+                 code_size = EXCLUDED.code_size, timeout_seconds = EXCLUDED.timeout_seconds, \
+                 memory_mb = EXCLUDED.memory_mb, cpu_millis = EXCLUDED.cpu_millis, \
+                 max_concurrency = EXCLUDED.max_concurrency, environment = EXCLUDED.environment, \
+                 metadata = EXCLUDED.metadata, updated_at = now() \
+             WHERE (functions.version, functions.runtime, functions.handler, \
+                    functions.code_source_type, functions.code_location, functions.code_checksum, \
+                    functions.code_size, functions.timeout_seconds, functions.memory_mb, \
+                    functions.cpu_millis, functions.max_concurrency, functions.environment, \
+                    functions.metadata) \
+                IS DISTINCT FROM \
+                   (EXCLUDED.version, EXCLUDED.runtime, EXCLUDED.handler, \
+                    EXCLUDED.code_source_type, EXCLUDED.code_location, EXCLUDED.code_checksum, \
+                    EXCLUDED.code_size, EXCLUDED.timeout_seconds, EXCLUDED.memory_mb, \
+                    EXCLUDED.cpu_millis, EXCLUDED.max_concurrency, EXCLUDED.environment, \
+                    EXCLUDED.metadata) \
+             RETURNING *, (xmax = 0) AS inserted",
+        )
+        .bind(record.id)
+        .bind(&record.namespace)
+        .bind(&record.name)
+        .bind(&record.version)
+        .bind(&record.runtime)
+        .bind(&record.handler)
+        .bind(record.code_source.as_str())
+        .bind(&record.code_location)
+        .bind(&record.code_checksum)
+        .bind(record.code_size)
+        .bind(record.timeout_seconds)
+        .bind(record.memory_mb)
+        .bind(record.cpu_millis)
+        .bind(record.max_concurrency)
+        .bind(Json(&record.environment))
+        .bind(&record.metadata)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| {
+            if is_unique_violation(&source) {
+                StoreError::Conflict {
+                    op: OP,
+                    message: format!("function id {} is already taken", record.id),
+                }
+            } else {
+                StoreError::Query { op: OP, source }
+            }
+        })?;
+        match written {
+            Some(Written { row, inserted: true }) => Ok((row, Upsert::Created)),
+            Some(Written { row, .. }) => Ok((row, Upsert::Updated)),
+            None => {
+                let row = self
+                    .function_by_name(&record.namespace, &record.name)
+                    .await?
+                    .ok_or_else(|| StoreError::Conflict {
+                        op: OP,
+                        message: format!(
+                            "function {}/{} was deleted while being written",
+                            record.namespace, record.name
+                        ),
+                    })?;
+                Ok((row, Upsert::Unchanged))
+            }
+        }
+    }
+
+    /// The function with this id, live or deleted.
+    pub async fn function(&self, id: Uuid) -> Result<Option<FunctionRow>> {
+        sqlx::query_as("SELECT * FROM functions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("get function"))
+    }
+
+    /// The live function with this name.
+    pub async fn function_by_name(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<FunctionRow>> {
+        sqlx::query_as(
+            "SELECT * FROM functions WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL",
+        )
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("get function by name"))
+    }
+
+    /// Live functions matching `query`, oldest first.
+    pub async fn list_functions(&self, query: &FunctionQuery) -> Result<Vec<FunctionRow>> {
+        let (limit, offset) = page(query.limit, query.offset);
+        sqlx::query_as(
+            "SELECT * FROM functions \
+             WHERE deleted_at IS NULL \
+               AND ($1::text IS NULL OR namespace = $1) \
+               AND ($2::text IS NULL OR runtime = $2) \
+             ORDER BY created_at, id \
+             LIMIT $3 OFFSET $4",
+        )
+        .bind(&query.namespace)
+        .bind(&query.runtime)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list functions"))
+    }
+
+    /// Marks the function deleted; its row and invocation history stay. Returns whether a live
+    /// function was deleted (false when it was already deleted or never existed).
+    pub async fn delete_function(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE functions SET deleted_at = now(), updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("delete function"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks the live function with this name deleted. Returns whether there was one.
+    pub async fn delete_function_by_name(&self, namespace: &str, name: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE functions SET deleted_at = now(), updated_at = now() \
+             WHERE namespace = $1 AND name = $2 AND deleted_at IS NULL",
+        )
+        .bind(namespace)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("delete function by name"))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invocations
+// ---------------------------------------------------------------------------------------------
+
+/// Lifecycle state of an invocation row (`invocations.status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Recorded, not yet on the queue.
+    Pending,
+    /// On the queue (or waiting in the delayed set for a retry).
+    Queued,
+    /// Claimed by an executor that holds the lease.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Killed at its deadline.
+    TimedOut,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 6] =
+        [Self::Pending, Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::TimedOut];
+
+    /// The value stored in the database and used by the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Whether the invocation has finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::TimedOut)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing an unknown status name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown invocation status {0:?} (expected one of pending, queued, running, succeeded, failed, timed_out)"
+)]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for Status {
+    type Error = StoreError;
+
+    fn try_from(value: String) -> Result<Self> {
+        value.parse().map_err(|UnknownStatus(value)| StoreError::Corrupt {
+            what: "invocation status",
+            value,
+        })
+    }
+}
+
+impl From<Status> for InvocationPhase {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Pending => Self::Pending,
+            Status::Queued => Self::Queued,
+            Status::Running => Self::Running,
+            Status::Succeeded => Self::Succeeded,
+            Status::Failed => Self::Failed,
+            Status::TimedOut => Self::TimedOut,
+        }
+    }
+}
+
+/// How an invocation was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Through an `Invocation` resource (kubectl, or the gateway's asynchronous invoke).
+    Resource,
+    /// The gateway's synchronous path, which creates no resource.
+    Sync,
+}
+
+impl Source {
+    /// The value stored in `invocations.source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resource => "resource",
+            Self::Sync => "sync",
+        }
+    }
+}
+
+impl TryFrom<String> for Source {
+    type Error = StoreError;
+
+    fn try_from(value: String) -> Result<Self> {
+        match value.as_str() {
+            "resource" => Ok(Self::Resource),
+            "sync" => Ok(Self::Sync),
+            _ => Err(StoreError::Corrupt { what: "invocation source", value }),
+        }
+    }
+}
+
+/// A new invocation for [`Store::create_invocation`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewInvocation {
+    /// Invocation id: the `Invocation` resource's uid, or a fresh id for synchronous calls.
+    /// Creating the same id twice is harmless.
+    pub id: Uuid,
+    /// The function's row id.
+    pub function_id: Uuid,
+    /// Namespace of the function.
+    pub namespace: String,
+    /// Name of the function.
+    pub function_name: String,
+    /// Name of the `Invocation` object, when made through one.
+    pub resource_name: Option<String>,
+    /// How the invocation was made.
+    pub source: Source,
+    /// The event given to the handler.
+    pub payload: Option<Value>,
+    /// Headers passed to the handler in its context.
+    pub headers: BTreeMap<String, String>,
+    /// Deadline of one attempt.
+    pub timeout_seconds: i32,
+    /// Attempts before the invocation fails for good (at least 1).
+    pub max_attempts: i32,
+}
+
+/// A stored invocation.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct InvocationRow {
+    /// Invocation id.
+    pub id: Uuid,
+    /// The function's row id.
+    pub function_id: Uuid,
+    /// Namespace of the function.
+    pub namespace: String,
+    /// Name of the function.
+    pub function_name: String,
+    /// Name of the `Invocation` object, when made through one.
+    pub resource_name: Option<String>,
+    /// How the invocation was made.
+    #[sqlx(try_from = "String")]
+    pub source: Source,
+    /// The event given to the handler.
+    pub payload: Option<Value>,
+    /// Headers passed to the handler.
+    #[sqlx(json)]
+    pub headers: BTreeMap<String, String>,
+    /// Lifecycle state.
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    /// What the handler returned, once succeeded.
+    pub result: Option<Value>,
+    /// The structured error of the last failed attempt.
+    #[sqlx(json(nullable))]
+    pub error: Option<InvocationError>,
+    /// Measurements of the last attempt.
+    #[sqlx(json(nullable))]
+    pub metrics: Option<InvocationMetrics>,
+    /// Tail of the function's stdout/stderr.
+    pub logs: Option<String>,
+    /// Deadline of one attempt.
+    pub timeout_seconds: i32,
+    /// Claims so far; the current lease's fencing token.
+    pub attempts: i32,
+    /// Attempts before the invocation fails for good.
+    pub max_attempts: i32,
+    /// Executor holding the lease while running.
+    pub lease_owner: Option<String>,
+    /// When the lease runs out unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// While queued: when it became (or, for a delayed retry, becomes) due.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When the row was created.
+    pub created_at: DateTime<Utc>,
+    /// When the current or last attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What [`Store::create_invocation`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    /// The row was inserted by this call.
+    New(InvocationRow),
+    /// A row with this id already existed (an earlier try of the same request); it is returned
+    /// as it is now.
+    Existing(InvocationRow),
+}
+
+impl Created {
+    /// The row, however it came to exist.
+    pub fn into_row(self) -> InvocationRow {
+        match self {
+            Self::New(row) | Self::Existing(row) => row,
+        }
+    }
+}
+
+/// Filters for [`Store::list_invocations`]. Newest first.
+#[derive(Clone, Debug, Default)]
+pub struct InvocationQuery {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only invocations of this function.
+    pub function_id: Option<Uuid>,
+    /// Only invocations in this state.
+    pub status: Option<Status>,
+    /// Page size, clamped to `1..=MAX_PAGE_SIZE`; 100 when `None`.
+    pub limit: Option<i64>,
+    /// Rows to skip.
+    pub offset: Option<i64>,
+}
+
+/// The right to run one attempt of an invocation, handed out by [`Store::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The invocation.
+    pub invocation_id: Uuid,
+    /// The executor holding it.
+    pub owner: String,
+    /// The attempt number this lease is for (the fencing token).
+    pub attempt: i32,
+    /// When it runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What [`Store::claim`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    /// The caller now runs the invocation under this lease.
+    Acquired {
+        /// The lease to renew and to commit with.
+        lease: Lease,
+        /// The row after the claim.
+        invocation: Box<InvocationRow>,
+    },
+    /// Already finished: a duplicate delivery; acknowledge it and move on.
+    Finished(Status),
+    /// Another executor holds a live lease; it will finish or its lease will expire.
+    HeldElsewhere {
+        /// Who holds it.
+        owner: String,
+        /// Until when.
+        expires_at: DateTime<Utc>,
+    },
+    /// Still `pending`: not yet released to the queue.
+    NotQueued,
+    /// No such invocation.
+    Missing,
+}
+
+/// The terminal outcome of one attempt, for [`Store::complete`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// `Succeeded`, `Failed` or `TimedOut` (anything else is refused).
+    pub status: Option<Status>,
+    /// What the handler returned.
+    pub result: Option<Value>,
+    /// The structured error, when it did not succeed.
+    pub error: Option<InvocationError>,
+    /// Measurements of the attempt.
+    pub metrics: Option<InvocationMetrics>,
+    /// Tail of the function's output.
+    pub logs: Option<String>,
+}
+
+impl Outcome {
+    /// A success with this result.
+    pub fn succeeded(result: Option<Value>) -> Self {
+        Self { status: Some(Status::Succeeded), result, ..Self::default() }
+    }
+
+    /// A failure (`Failed` or `TimedOut`) with this error.
+    pub fn failed(status: Status, error: InvocationError) -> Self {
+        Self { status: Some(status), error: Some(error), ..Self::default() }
+    }
+}
+
+fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+fn error_json(error: &InvocationError) -> Json<&InvocationError> {
+    Json(error)
+}
+
+impl Store {
+    /// Records a new invocation in `pending`. Idempotent on the id: when the row exists already
+    /// it is returned unchanged as [`Created::Existing`] — unless it belongs to another function,
+    /// which is a conflict.
+    pub async fn create_invocation(&self, new: &NewInvocation) -> Result<Created> {
+        const OP: &str = "create invocation";
+        if new.max_attempts < 1 {
+            return Err(StoreError::InvalidTransition(format!(
+                "max_attempts must be at least 1, got {}",
+                new.max_attempts
+            )));
+        }
+        let inserted: Option<InvocationRow> = sqlx::query_as(
+            "INSERT INTO invocations (id, function_id, namespace, function_name, resource_name, \
+                 source, payload, headers, timeout_seconds, max_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO NOTHING \
+             RETURNING *",
+        )
+        .bind(new.id)
+        .bind(new.function_id)
+        .bind(&new.namespace)
+        .bind(&new.function_name)
+        .bind(&new.resource_name)
+        .bind(new.source.as_str())
+        .bind(&new.payload)
+        .bind(Json(&new.headers))
+        .bind(new.timeout_seconds)
+        .bind(new.max_attempts)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| {
+            if is_foreign_key_violation(&source) {
+                StoreError::UnknownFunction(new.function_id)
+            } else {
+                StoreError::Query { op: OP, source }
+            }
+        })?;
+        if let Some(row) = inserted {
+            return Ok(Created::New(row));
+        }
+        // ON CONFLICT DO NOTHING returns nothing for an existing row; this second statement runs
+        // on a fresh snapshot, so it sees a row a concurrent creator committed meanwhile.
+        let existing = self.invocation(new.id).await?.ok_or_else(|| StoreError::Conflict {
+            op: OP,
+            message: format!("invocation {} vanished while being created", new.id),
+        })?;
+        if existing.function_id != new.function_id {
+            return Err(StoreError::Conflict {
+                op: OP,
+                message: format!(
+                    "invocation {} already exists for function {}",
+                    new.id, existing.function_id
+                ),
+            });
+        }
+        Ok(Created::Existing(existing))
+    }
+
+    /// One invocation.
+    pub async fn invocation(&self, id: Uuid) -> Result<Option<InvocationRow>> {
+        sqlx::query_as("SELECT * FROM invocations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("get invocation"))
+    }
+
+    /// Invocations matching `query`, newest first.
+    pub async fn list_invocations(&self, query: &InvocationQuery) -> Result<Vec<InvocationRow>> {
+        let (limit, offset) = page(query.limit, query.offset);
+        sqlx::query_as(
+            "SELECT * FROM invocations \
+             WHERE ($1::text IS NULL OR namespace = $1) \
+               AND ($2::uuid IS NULL OR function_id = $2) \
+               AND ($3::text IS NULL OR status = $3) \
+             ORDER BY created_at DESC, id DESC \
+             LIMIT $4 OFFSET $5",
+        )
+        .bind(&query.namespace)
+        .bind(query.function_id)
+        .bind(query.status.map(Status::as_str))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list invocations"))
+    }
+
+    /// `pending → queued`, called just before the invocation is put on the queue. Returns whether
+    /// this call made the move (false when it was already queued or beyond).
+    pub async fn mark_queued(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = 'queued', queued_at = now(), updated_at = now() \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("mark invocation queued"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// `queued → running` for `owner`, or takes over a `running` row whose lease has expired.
+    /// Either way the attempt counter goes up by one and becomes the new lease's fencing token.
+    ///
+    /// Of several executors claiming at once exactly one gets [`Claim::Acquired`]: the update
+    /// locks the row, and the others re-check the condition against the winner's write.
+    pub async fn claim(&self, id: Uuid, owner: &str, lease_for: Duration) -> Result<Claim> {
+        let claimed: Option<InvocationRow> = sqlx::query_as(
+            "UPDATE invocations SET status = 'running', lease_owner = $2, \
+                 lease_expires_at = now() + make_interval(secs => $3), \
+                 attempts = attempts + 1, started_at = now(), queued_at = NULL, \
+                 updated_at = now() \
+             WHERE id = $1 \
+               AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(seconds(lease_for))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("claim invocation"))?;
+        if let Some(invocation) = claimed {
+            let expires_at = invocation.lease_expires_at.ok_or_else(|| StoreError::Corrupt {
+                what: "lease expiry",
+                value: "NULL on a running invocation".to_owned(),
+            })?;
+            let lease = Lease {
+                invocation_id: id,
+                owner: owner.to_owned(),
+                attempt: invocation.attempts,
+                expires_at,
+            };
+            return Ok(Claim::Acquired { lease, invocation: Box::new(invocation) });
+        }
+        let Some(row) = self.invocation(id).await? else {
+            return Ok(Claim::Missing);
+        };
+        Ok(match (row.status, row.lease_owner, row.lease_expires_at) {
+            (status, _, _) if status.is_terminal() => Claim::Finished(status),
+            (Status::Running, Some(owner), Some(expires_at)) => {
+                Claim::HeldElsewhere { owner, expires_at }
+            }
+            // Queued again, or its lease expired, between our update and our read: the next
+            // delivery will claim it.
+            (Status::Queued | Status::Running, _, _) => {
+                Claim::HeldElsewhere { owner: String::new(), expires_at: row.updated_at }
+            }
+            (Status::Pending, _, _) => Claim::NotQueued,
+            (status, _, _) => {
+                return Err(StoreError::InvalidTransition(format!(
+                    "claim found invocation {id} in state {status}"
+                )));
+            }
+        })
+    }
+
+    /// Extends the lease by `lease_for` from now. Returns the new expiry, or `None` when the
+    /// caller no longer holds the lease (it must stop working on the invocation).
+    pub async fn renew_lease(
+        &self,
+        lease: &Lease,
+        lease_for: Duration,
+    ) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar(
+            "UPDATE invocations SET lease_expires_at = now() + make_interval(secs => $4), \
+                 updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3 \
+             RETURNING lease_expires_at",
+        )
+        .bind(lease.invocation_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .bind(seconds(lease_for))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("renew lease"))
+    }
+
+    /// Commits the terminal outcome of the leased attempt. Returns the finished row, or `None`
+    /// when the caller no longer holds the lease (another executor took it over, or it already
+    /// finished): the caller's outcome is then discarded.
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        outcome: &Outcome,
+    ) -> Result<Option<InvocationRow>> {
+        let status = match outcome.status {
+            Some(status) if status.is_terminal() => status,
+            other => {
+                return Err(StoreError::InvalidTransition(format!(
+                    "complete needs a terminal status, got {other:?}"
+                )));
+            }
+        };
+        sqlx::query_as(
+            "UPDATE invocations SET status = $4, result = $5, error = $6, metrics = $7, \
+                 logs = $8, completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+                 updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3 \
+             RETURNING *",
+        )
+        .bind(lease.invocation_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .bind(status.as_str())
+        .bind(&outcome.result)
+        .bind(outcome.error.as_ref().map(error_json))
+        .bind(outcome.metrics.as_ref().map(Json))
+        .bind(&outcome.logs)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("complete invocation"))
+    }
+
+    /// `running → queued` for another attempt after `delay`: records the attempt's error and
+    /// releases the lease. Returns false when the caller no longer holds the lease.
+    pub async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &InvocationError,
+        delay: Duration,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = 'queued', error = $4, \
+                 queued_at = now() + make_interval(secs => $5), lease_owner = NULL, \
+                 lease_expires_at = NULL, updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3",
+        )
+        .bind(lease.invocation_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .bind(error_json(error))
+        .bind(seconds(delay))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("requeue invocation"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Fails an invocation nobody is running: `pending`/`queued`, or `running` under an expired
+    /// lease. Used when its function is gone or its message was dead-lettered. Returns the failed
+    /// row, or `None` when it finished or is running under a live lease.
+    pub async fn fail_unclaimed(
+        &self,
+        id: Uuid,
+        error: &InvocationError,
+    ) -> Result<Option<InvocationRow>> {
+        sqlx::query_as(
+            "UPDATE invocations SET status = 'failed', error = $2, completed_at = now(), \
+                 lease_owner = NULL, lease_expires_at = NULL, queued_at = NULL, updated_at = now() \
+             WHERE id = $1 \
+               AND (status IN ('pending', 'queued') \
+                    OR (status = 'running' AND lease_expires_at < now())) \
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(error_json(error))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("fail invocation"))
+    }
+
+    /// The sweeper's query: up to `limit` invocations that have been due in `queued` for longer
+    /// than `older_than` without being claimed (their message was lost, say with a Redis that lost
+    /// data). Their due time is reset to now, so concurrent sweepers (which skip rows locked by
+    /// each other) and the next sweep do not pick them again at once; re-enqueue each one.
+    pub async fn stuck_queued(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<InvocationRow>> {
+        sqlx::query_as(
+            "UPDATE invocations SET queued_at = now(), updated_at = now() \
+             WHERE status = 'queued' AND id IN ( \
+                 SELECT id FROM invocations \
+                 WHERE status = 'queued' AND queued_at < now() - make_interval(secs => $1) \
+                 ORDER BY queued_at \
+                 LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(seconds(older_than))
+        .bind(limit.clamp(1, MAX_PAGE_SIZE))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("find stuck queued invocations"))
+    }
+
+    /// Up to `limit` running invocations whose lease expired more than `grace` ago: their
+    /// executor died. Re-enqueue them; [`Store::claim`] takes the lease over.
+    pub async fn expired_leases(&self, grace: Duration, limit: i64) -> Result<Vec<InvocationRow>> {
+        sqlx::query_as(
+            "SELECT * FROM invocations \
+             WHERE status = 'running' AND lease_expires_at < now() - make_interval(secs => $1) \
+             ORDER BY lease_expires_at \
+             LIMIT $2",
+        )
+        .bind(seconds(grace))
+        .bind(limit.clamp(1, MAX_PAGE_SIZE))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("find expired leases"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip_and_unknown_names_are_refused() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>(), Ok(status));
+        }
+        assert_eq!("done".parse::<Status>(), Err(UnknownStatus("done".to_owned())));
+        assert!(Status::try_from("Running".to_owned()).is_err());
+    }
+
+    #[test]
+    fn only_finished_statuses_are_terminal_and_they_map_to_terminal_phases() {
+        for status in Status::ALL {
+            assert_eq!(status.is_terminal(), InvocationPhase::from(status).is_terminal());
+        }
+        assert!(!Status::Running.is_terminal());
+        assert!(Status::TimedOut.is_terminal());
+    }
+
+    #[test]
+    fn pages_are_clamped() {
+        assert_eq!(page(None, None), (100, 0));
+        assert_eq!(page(Some(0), Some(-5)), (1, 0));
+        assert_eq!(page(Some(1_000_000), Some(7)), (MAX_PAGE_SIZE, 7));
+    }
+}

@@ -1,0 +1,632 @@
+//! The PostgreSQL store against a real server (`DATABASE_URL`; `make test` starts one).
+//!
+//! Each test migrates its own schema, so the tests run in parallel on one database.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail loudly by design
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::future::join_all;
+use kubefaas_core::{
+    resources::{InvocationError, InvocationMetrics},
+    store::{
+        Claim, CodeSource, Created, FunctionQuery, FunctionRecord, InvocationQuery, Lease,
+        MIGRATOR, NewInvocation, Outcome, Source, Status, Store, StoreConfig, StoreError, Upsert,
+    },
+};
+use serde_json::json;
+use uuid::Uuid;
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: these tests need a real PostgreSQL (run them with `make test`)",
+    )
+}
+
+/// A schema of its own for one test, migrated.
+struct TestDb {
+    schema: String,
+    store: Store,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let schema = format!("test_{}", Uuid::new_v4().simple());
+        let admin = Store::connect(&StoreConfig::new(database_url()))
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(admin.pool())
+            .await
+            .expect("create test schema");
+        let store = Self::connect(&schema).await;
+        store.migrate().await.expect("migrate");
+        Self { schema, store }
+    }
+
+    async fn connect(schema: &str) -> Store {
+        let mut config = StoreConfig::new(database_url());
+        config.schema = Some(schema.to_owned());
+        config.max_connections = 20;
+        Store::connect(&config).await.expect("connect to test schema")
+    }
+
+    /// Runs test-only SQL (to stage states the store API has no reason to offer).
+    async fn exec(&self, sql: &str, id: Uuid) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(id)
+            .execute(self.store.pool())
+            .await
+            .expect(sql);
+    }
+}
+
+fn function(namespace: &str, name: &str) -> FunctionRecord {
+    FunctionRecord {
+        id: Uuid::new_v4(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        version: "1.0.0".to_owned(),
+        runtime: "python".to_owned(),
+        handler: "main.handler".to_owned(),
+        code_source: CodeSource::Inline,
+        code_location: None,
+        code_checksum: "sha256:aa".to_owned(),
+        code_size: 42,
+        timeout_seconds: 30,
+        memory_mb: 128,
+        cpu_millis: 100,
+        max_concurrency: 10,
+        environment: BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]),
+        metadata: json!({"team": "core"}),
+    }
+}
+
+fn invocation(function_id: Uuid) -> NewInvocation {
+    NewInvocation {
+        id: Uuid::new_v4(),
+        function_id,
+        namespace: "default".to_owned(),
+        function_name: "hello".to_owned(),
+        resource_name: Some("hello-once".to_owned()),
+        source: Source::Resource,
+        payload: Some(json!({"name": "world"})),
+        headers: BTreeMap::from([("x-trace".to_owned(), "abc".to_owned())]),
+        timeout_seconds: 30,
+        max_attempts: 3,
+    }
+}
+
+fn error(kind: &str) -> InvocationError {
+    InvocationError {
+        type_: kind.to_owned(),
+        message: format!("{kind} happened"),
+        stack: Some("at handler".to_owned()),
+    }
+}
+
+/// A function and one of its invocations, still `pending`.
+async fn pending_invocation(db: &TestDb) -> Uuid {
+    let (function, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    let created = db.store.create_invocation(&invocation(function.record.id)).await.unwrap();
+    created.into_row().id
+}
+
+/// A function and one of its invocations, already `queued`.
+async fn queued_invocation(db: &TestDb) -> Uuid {
+    let id = pending_invocation(db).await;
+    assert!(db.store.mark_queued(id).await.unwrap());
+    id
+}
+
+fn acquired(claim: Claim) -> Lease {
+    match claim {
+        Claim::Acquired { lease, .. } => lease,
+        other => panic!("expected the claim to succeed, got {other:?}"),
+    }
+}
+
+/// Claims with a lease that has already run out by the time the claim returns.
+async fn claim_with_expired_lease(db: &TestDb, id: Uuid, owner: &str) -> Lease {
+    let lease = acquired(db.store.claim(id, owner, Duration::ZERO).await.unwrap());
+    // A zero lease expires at the claiming transaction's start; wait (bounded) until the
+    // server's clock has moved past it.
+    for _ in 0..200 {
+        let expired: bool =
+            sqlx::query_scalar("SELECT lease_expires_at < now() FROM invocations WHERE id = $1")
+                .bind(id)
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        if expired {
+            return lease;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("lease of {id} did not expire");
+}
+
+#[tokio::test]
+async fn migrations_are_a_no_op_when_run_again_or_concurrently() {
+    let db = TestDb::new().await;
+    let others = join_all((0..4).map(|_| TestDb::connect(&db.schema))).await;
+    let runs = join_all(others.iter().map(Store::migrate)).await;
+    for run in runs {
+        run.expect("concurrent migrate");
+    }
+    db.store.migrate().await.expect("second migrate");
+
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, MIGRATOR.iter().count() as i64);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations' \
+         ORDER BY table_name",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(tables, ["api_tokens", "function_permissions", "functions", "invocations", "users"]);
+}
+
+#[tokio::test]
+async fn upserting_a_function_creates_updates_and_leaves_identical_rows_alone() {
+    let db = TestDb::new().await;
+    let record = function("default", "hello");
+
+    let (created, what) = db.store.upsert_function(&record).await.unwrap();
+    assert_eq!(what, Upsert::Created);
+    assert_eq!(created.record, record);
+    assert_eq!(created.deleted_at, None);
+
+    let (again, what) = db.store.upsert_function(&record).await.unwrap();
+    assert_eq!(what, Upsert::Unchanged);
+    assert_eq!(again, created, "an identical upsert must not touch the row");
+
+    let mut changed = record.clone();
+    changed.id = Uuid::new_v4(); // ignored on update: the live row keeps its id
+    changed.code_checksum = "sha256:bb".to_owned();
+    changed.environment.insert("EXTRA".to_owned(), "1".to_owned());
+    let (updated, what) = db.store.upsert_function(&changed).await.unwrap();
+    assert_eq!(what, Upsert::Updated);
+    assert_eq!(updated.record.id, record.id);
+    assert_eq!(updated.record.code_checksum, "sha256:bb");
+    assert_eq!(updated.record.environment["EXTRA"], "1");
+    assert!(updated.updated_at > created.updated_at);
+    assert_eq!(updated.created_at, created.created_at);
+
+    let by_id = db.store.function(record.id).await.unwrap().unwrap();
+    let by_name = db.store.function_by_name("default", "hello").await.unwrap().unwrap();
+    assert_eq!(by_id, updated);
+    assert_eq!(by_name, updated);
+    assert_eq!(db.store.function_by_name("other", "hello").await.unwrap(), None);
+    assert_eq!(db.store.function(Uuid::new_v4()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn deleting_a_function_keeps_its_row_and_frees_its_name() {
+    let db = TestDb::new().await;
+    let first = function("default", "hello");
+    db.store.upsert_function(&first).await.unwrap();
+
+    assert!(db.store.delete_function_by_name("default", "hello").await.unwrap());
+    assert!(!db.store.delete_function_by_name("default", "hello").await.unwrap());
+    assert!(!db.store.delete_function(first.id).await.unwrap());
+    assert_eq!(db.store.function_by_name("default", "hello").await.unwrap(), None);
+    let history = db.store.function(first.id).await.unwrap().unwrap();
+    assert!(history.deleted_at.is_some(), "the deleted row stays for history");
+    assert!(db.store.list_functions(&FunctionQuery::default()).await.unwrap().is_empty());
+
+    let second = function("default", "hello");
+    let (recreated, what) = db.store.upsert_function(&second).await.unwrap();
+    assert_eq!(what, Upsert::Created);
+    assert_eq!(recreated.record.id, second.id);
+
+    // The deleted function's id cannot be reused for another function.
+    let mut reuse = function("default", "other");
+    reuse.id = first.id;
+    let err = db.store.upsert_function(&reuse).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+
+    assert!(db.store.delete_function(second.id).await.unwrap());
+    assert_eq!(db.store.function_by_name("default", "hello").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn listing_functions_filters_by_namespace_and_runtime_and_pages() {
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for (namespace, name, runtime) in [
+        ("default", "a", "python"),
+        ("default", "b", "nodejs"),
+        ("team", "c", "python"),
+        ("default", "d", "python"),
+    ] {
+        let mut record = function(namespace, name);
+        record.runtime = runtime.to_owned();
+        ids.push(db.store.upsert_function(&record).await.unwrap().0.record.name);
+    }
+    let names = |rows: Vec<kubefaas_core::store::FunctionRow>| -> Vec<String> {
+        rows.into_iter().map(|row| row.record.name).collect()
+    };
+
+    let all = db.store.list_functions(&FunctionQuery::default()).await.unwrap();
+    assert_eq!(names(all), ids, "oldest first");
+    let python_default = db
+        .store
+        .list_functions(&FunctionQuery {
+            namespace: Some("default".to_owned()),
+            runtime: Some("python".to_owned()),
+            ..FunctionQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(python_default), ["a", "d"]);
+    let second_page = db
+        .store
+        .list_functions(&FunctionQuery {
+            limit: Some(2),
+            offset: Some(1),
+            ..FunctionQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(second_page), ["b", "c"]);
+}
+
+#[tokio::test]
+async fn creating_an_invocation_twice_returns_the_first_row() {
+    let db = TestDb::new().await;
+    let (function_row, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    let new = invocation(function_row.record.id);
+
+    let first = match db.store.create_invocation(&new).await.unwrap() {
+        Created::New(row) => row,
+        other => panic!("first create should insert, got {other:?}"),
+    };
+    assert_eq!(first.status, Status::Pending);
+    assert_eq!(first.payload, new.payload);
+    assert_eq!(first.headers, new.headers);
+    assert_eq!(first.resource_name.as_deref(), Some("hello-once"));
+    assert_eq!(first.attempts, 0);
+    assert_eq!(first.max_attempts, 3);
+    assert_eq!(db.store.create_invocation(&new).await.unwrap(), Created::Existing(first.clone()));
+
+    // Many creators at once: one inserts, every other one gets the same row back.
+    let racer = invocation(function_row.record.id);
+    let results = join_all((0..8).map(|_| db.store.create_invocation(&racer))).await;
+    let mut inserted = 0;
+    for result in results {
+        match result.unwrap() {
+            Created::New(row) => {
+                inserted += 1;
+                assert_eq!(row.id, racer.id);
+            }
+            Created::Existing(row) => assert_eq!(row.id, racer.id),
+        }
+    }
+    assert_eq!(inserted, 1);
+
+    // The same id for another function is a conflict, an unknown function is named.
+    let (other, _) = db.store.upsert_function(&function("default", "other")).await.unwrap();
+    let mut clash = new.clone();
+    clash.function_id = other.record.id;
+    let err = db.store.create_invocation(&clash).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    let ghost = Uuid::new_v4();
+    let err = db.store.create_invocation(&invocation(ghost)).await.unwrap_err();
+    assert!(matches!(err, StoreError::UnknownFunction(id) if id == ghost), "{err}");
+}
+
+#[tokio::test]
+async fn listing_invocations_filters_by_function_status_and_namespace_newest_first() {
+    let db = TestDb::new().await;
+    let (f1, _) = db.store.upsert_function(&function("default", "one")).await.unwrap();
+    let (f2, _) = db.store.upsert_function(&function("default", "two")).await.unwrap();
+    let mut created = Vec::new();
+    for function_id in [f1.record.id, f2.record.id, f1.record.id, f1.record.id] {
+        let row = db.store.create_invocation(&invocation(function_id)).await.unwrap().into_row();
+        created.push(row.id);
+    }
+    db.store.mark_queued(created[2]).await.unwrap();
+
+    let ids = |rows: Vec<kubefaas_core::store::InvocationRow>| -> Vec<Uuid> {
+        rows.into_iter().map(|row| row.id).collect()
+    };
+    let of_f1 = db
+        .store
+        .list_invocations(&InvocationQuery {
+            function_id: Some(f1.record.id),
+            ..InvocationQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(of_f1), [created[3], created[2], created[0]]);
+    let queued = db
+        .store
+        .list_invocations(&InvocationQuery {
+            status: Some(Status::Queued),
+            ..InvocationQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(queued), [created[2]]);
+    let paged = db
+        .store
+        .list_invocations(&InvocationQuery {
+            namespace: Some("default".to_owned()),
+            limit: Some(2),
+            offset: Some(1),
+            ..InvocationQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(paged), [created[2], created[1]]);
+    let elsewhere = db
+        .store
+        .list_invocations(&InvocationQuery {
+            namespace: Some("team".to_owned()),
+            ..InvocationQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(elsewhere.is_empty());
+}
+
+#[tokio::test]
+async fn an_invocation_runs_from_pending_to_succeeded_under_a_lease() {
+    let db = TestDb::new().await;
+    let id = pending_invocation(&db).await;
+
+    assert_eq!(
+        db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap(),
+        Claim::NotQueued
+    );
+    assert!(db.store.mark_queued(id).await.unwrap());
+    assert!(!db.store.mark_queued(id).await.unwrap(), "queued only once");
+    let queued = db.store.invocation(id).await.unwrap().unwrap();
+    assert_eq!(queued.status, Status::Queued);
+    assert!(queued.queued_at.is_some());
+
+    let (lease, running) =
+        match db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap() {
+            Claim::Acquired { lease, invocation } => (lease, invocation),
+            other => panic!("claim failed: {other:?}"),
+        };
+    assert_eq!(lease.attempt, 1);
+    assert_eq!(lease.owner, "exec-a");
+    assert_eq!(running.status, Status::Running);
+    assert_eq!(running.lease_owner.as_deref(), Some("exec-a"));
+    assert!(running.started_at.is_some());
+    assert_eq!(running.queued_at, None);
+
+    let renewed = db.store.renew_lease(&lease, Duration::from_secs(300)).await.unwrap().unwrap();
+    assert!(renewed > lease.expires_at);
+
+    let metrics = InvocationMetrics {
+        duration_ms: Some(12),
+        cpu_time_ms: Some(3),
+        memory_peak_bytes: Some(1 << 20),
+        cold_start: Some(true),
+    };
+    let outcome = Outcome {
+        metrics: Some(metrics.clone()),
+        logs: Some("hello from stdout\n".to_owned()),
+        ..Outcome::succeeded(Some(json!({"greeting": "hello world"})))
+    };
+    let done = db.store.complete(&lease, &outcome).await.unwrap().expect("holder commits");
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(done.result, Some(json!({"greeting": "hello world"})));
+    assert_eq!(done.metrics, Some(metrics));
+    assert_eq!(done.logs.as_deref(), Some("hello from stdout\n"));
+    assert!(done.completed_at.is_some());
+    assert_eq!(done.lease_owner, None);
+    assert_eq!(db.store.invocation(id).await.unwrap().unwrap(), done);
+
+    // A duplicate delivery finds it finished; a second commit changes nothing.
+    assert_eq!(
+        db.store.claim(id, "exec-b", Duration::from_secs(30)).await.unwrap(),
+        Claim::Finished(Status::Succeeded)
+    );
+    assert_eq!(db.store.complete(&lease, &Outcome::succeeded(None)).await.unwrap(), None);
+    assert_eq!(db.store.renew_lease(&lease, Duration::from_secs(30)).await.unwrap(), None);
+    assert_eq!(
+        db.store.claim(Uuid::new_v4(), "exec-a", Duration::from_secs(30)).await.unwrap(),
+        Claim::Missing
+    );
+}
+
+#[tokio::test]
+async fn of_many_executors_claiming_one_invocation_exactly_one_wins() {
+    let db = TestDb::new().await;
+    let id = queued_invocation(&db).await;
+    // Separate pools, so the claims really run on different connections at once.
+    let executors = join_all((0..12).map(|_| TestDb::connect(&db.schema))).await;
+    let claims = join_all(executors.iter().enumerate().map(|(i, store)| async move {
+        (
+            format!("exec-{i}"),
+            store.claim(id, &format!("exec-{i}"), Duration::from_secs(30)).await.unwrap(),
+        )
+    }))
+    .await;
+
+    let winners: Vec<&String> = claims
+        .iter()
+        .filter(|(_, claim)| matches!(claim, Claim::Acquired { .. }))
+        .map(|(owner, _)| owner)
+        .collect();
+    assert_eq!(winners.len(), 1, "claims: {claims:?}");
+    let winner = winners[0];
+    for (owner, claim) in &claims {
+        if owner != winner {
+            assert!(
+                matches!(claim, Claim::HeldElsewhere { owner: holder, .. } if holder == winner),
+                "{owner} got {claim:?}"
+            );
+        }
+    }
+    let row = db.store.invocation(id).await.unwrap().unwrap();
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.lease_owner.as_ref(), Some(winner));
+}
+
+#[tokio::test]
+async fn a_stale_lease_holder_cannot_commit_after_its_lease_was_taken_over() {
+    let db = TestDb::new().await;
+    let id = queued_invocation(&db).await;
+    let stale = claim_with_expired_lease(&db, id, "exec-a").await;
+
+    let fresh = acquired(db.store.claim(id, "exec-b", Duration::from_secs(30)).await.unwrap());
+    assert_eq!(fresh.attempt, 2, "a takeover is a new attempt");
+
+    assert_eq!(
+        db.store.complete(&stale, &Outcome::succeeded(Some(json!("stale")))).await.unwrap(),
+        None
+    );
+    assert_eq!(db.store.renew_lease(&stale, Duration::from_secs(30)).await.unwrap(), None);
+    assert!(!db.store.retry_later(&stale, &error("Lost"), Duration::ZERO).await.unwrap());
+    let row = db.store.invocation(id).await.unwrap().unwrap();
+    assert_eq!((row.status, row.lease_owner.as_deref()), (Status::Running, Some("exec-b")));
+
+    let done = db
+        .store
+        .complete(&fresh, &Outcome::succeeded(Some(json!("fresh"))))
+        .await
+        .unwrap()
+        .expect("current holder commits");
+    assert_eq!(done.result, Some(json!("fresh")));
+    assert_eq!(done.attempts, 2);
+
+    // The same owner name does not help a stale attempt either.
+    let id = queued_invocation(&db).await;
+    let old = claim_with_expired_lease(&db, id, "exec-a").await;
+    let new = acquired(db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap());
+    assert_eq!(db.store.complete(&old, &Outcome::succeeded(None)).await.unwrap(), None);
+    assert!(db.store.complete(&new, &Outcome::succeeded(None)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_retried_invocation_is_queued_again_for_later_with_its_error() {
+    let db = TestDb::new().await;
+    let id = queued_invocation(&db).await;
+    let lease = acquired(db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap());
+
+    assert!(
+        db.store
+            .retry_later(&lease, &error("InstanceLost"), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let row = db.store.invocation(id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Queued);
+    assert_eq!(row.error, Some(error("InstanceLost")));
+    assert_eq!(row.lease_owner, None);
+    let due = row.queued_at.unwrap();
+    let delay = due - row.updated_at;
+    assert_eq!(delay.num_seconds(), 60, "due a minute after the retry was recorded");
+    // Not due yet, so the sweeper leaves it alone.
+    assert!(db.store.stuck_queued(Duration::ZERO, 10).await.unwrap().is_empty());
+
+    let second = acquired(db.store.claim(id, "exec-b", Duration::from_secs(30)).await.unwrap());
+    assert_eq!(second.attempt, 2);
+    let failed = db
+        .store
+        .complete(&second, &Outcome::failed(Status::TimedOut, error("TimedOut")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Status::TimedOut);
+    assert_eq!(failed.error, Some(error("TimedOut")));
+}
+
+#[tokio::test]
+async fn only_invocations_nobody_is_running_can_be_failed_from_outside() {
+    let db = TestDb::new().await;
+    let pending = pending_invocation(&db).await;
+    let failed =
+        db.store.fail_unclaimed(pending, &error("FunctionNotFound")).await.unwrap().unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.error, Some(error("FunctionNotFound")));
+    assert!(failed.completed_at.is_some());
+    assert_eq!(db.store.fail_unclaimed(pending, &error("Again")).await.unwrap(), None);
+
+    let running = queued_invocation(&db).await;
+    let lease = acquired(db.store.claim(running, "exec-a", Duration::from_secs(30)).await.unwrap());
+    assert_eq!(db.store.fail_unclaimed(running, &error("DeadLettered")).await.unwrap(), None);
+
+    let abandoned = queued_invocation(&db).await;
+    let dead = claim_with_expired_lease(&db, abandoned, "exec-dead").await;
+    assert!(db.store.fail_unclaimed(abandoned, &error("DeadLettered")).await.unwrap().is_some());
+    assert_eq!(db.store.complete(&dead, &Outcome::succeeded(None)).await.unwrap(), None);
+
+    assert!(db.store.complete(&lease, &Outcome::succeeded(None)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn the_sweeper_finds_invocations_stuck_in_queued_once_per_sweep() {
+    let db = TestDb::new().await;
+    let stuck = queued_invocation(&db).await;
+    let fresh = queued_invocation(&db).await;
+    db.exec(
+        "UPDATE invocations SET queued_at = now() - interval '10 minutes' WHERE id = $1",
+        stuck,
+    )
+    .await;
+
+    // Two sweepers at once: the stuck row goes to exactly one of them.
+    let other = TestDb::connect(&db.schema).await;
+    let (a, b) = tokio::join!(
+        db.store.stuck_queued(Duration::from_secs(60), 10),
+        other.stuck_queued(Duration::from_secs(60), 10)
+    );
+    let found: Vec<Uuid> = a.unwrap().into_iter().chain(b.unwrap()).map(|row| row.id).collect();
+    assert_eq!(found, [stuck]);
+    assert!(!found.contains(&fresh));
+
+    // Its due time was reset, so the next sweep does not find it again at once.
+    assert!(db.store.stuck_queued(Duration::from_secs(60), 10).await.unwrap().is_empty());
+    let row = db.store.invocation(stuck).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Queued);
+}
+
+#[tokio::test]
+async fn expired_leases_are_reported_and_live_ones_are_not() {
+    let db = TestDb::new().await;
+    let live = queued_invocation(&db).await;
+    acquired(db.store.claim(live, "exec-a", Duration::from_secs(30)).await.unwrap());
+    let dead = queued_invocation(&db).await;
+    claim_with_expired_lease(&db, dead, "exec-dead").await;
+
+    let expired: Vec<Uuid> = db
+        .store
+        .expired_leases(Duration::ZERO, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    assert_eq!(expired, [dead]);
+    assert!(db.store.expired_leases(Duration::from_secs(3600), 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn impossible_requests_are_refused_with_a_reason() {
+    let db = TestDb::new().await;
+    let id = queued_invocation(&db).await;
+    let lease = acquired(db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap());
+    let not_terminal = Outcome { status: Some(Status::Running), ..Outcome::default() };
+    let err = db.store.complete(&lease, &not_terminal).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidTransition(_)), "{err}");
+    assert!(err.to_string().contains("terminal"), "{err}");
+
+    let (function_row, _) = db.store.upsert_function(&function("default", "x")).await.unwrap();
+    let mut zero = invocation(function_row.record.id);
+    zero.max_attempts = 0;
+    let err = db.store.create_invocation(&zero).await.unwrap_err();
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+    // Nothing was written for the refused request.
+    assert_eq!(db.store.invocation(zero.id).await.unwrap(), None);
+}

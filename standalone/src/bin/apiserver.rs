@@ -1,0 +1,47 @@
+//! `kubefaas-apiserver`: runs the standalone Kubernetes API server on its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// An embedded Kubernetes API server for kubefaas development and tests (plain HTTP, no auth).
+#[derive(Debug, Parser)]
+#[command(name = "kubefaas-apiserver", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Where to write a kubeconfig for kubectl and other clients.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Directory to persist objects in; omit to keep everything in memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_target(false).with_max_level(tracing::Level::INFO).init();
+    let args = Args::parse();
+    let config = kubefaas_standalone::Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        kubeconfig: args.kubeconfig,
+        ..Default::default()
+    };
+    match kubefaas_standalone::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The `kube` Rust client (typed, dynamic, watcher, controller) against an in-process server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Harness, eventually, scratch_dir};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use kubefaas_core::resources::{Function, FunctionCode, FunctionSpec};
+use kubefaas_standalone::Config;
+use serde_json::json;
+
+fn function(name: &str) -> Function {
+    Function::new(
+        name,
+        FunctionSpec::new(
+            "python",
+            "main.handler",
+            FunctionCode::inline("def handler(e, c):\n    return e\n"),
+        ),
+    )
+}
+
+async fn harness() -> (Harness, Api<Function>) {
+    let h = Harness::start().await;
+    h.install_crds().await;
+    let api = Api::namespaced(h.client(), "default");
+    (h, api)
+}
+
+fn status_code(err: &kube::Error) -> (u16, String) {
+    match err {
+        kube::Error::Api(status) => (status.code, status.reason.clone()),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn typed_crud_on_functions() {
+    let (_h, api) = harness().await;
+    let created = api.create(&PostParams::default(), &function("echo")).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+
+    let mut fetched = api.get("echo").await.unwrap();
+    assert_eq!(fetched.spec, created.spec);
+    fetched.spec.timeout_seconds = 12;
+    let replaced = api.replace("echo", &PostParams::default(), &fetched).await.unwrap();
+    assert_eq!(replaced.metadata.generation, Some(2));
+
+    let patched = api
+        .patch(
+            "echo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app": "echo"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.labels().get("app").map(String::as_str), Some("echo"));
+    assert_eq!(patched.metadata.generation, Some(2), "metadata changes do not bump generation");
+
+    let names: Vec<String> = api
+        .list(&ListParams::default().labels("app=echo"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.name_any())
+        .collect();
+    assert_eq!(names, ["echo"]);
+
+    let err = api.create(&PostParams::default(), &function("echo")).await.unwrap_err();
+    assert_eq!(status_code(&err), (409, "AlreadyExists".into()));
+    api.delete("echo", &DeleteParams::default()).await.unwrap();
+    let err = api.get("echo").await.unwrap_err();
+    assert_eq!(status_code(&err), (404, "NotFound".into()));
+}
+
+#[tokio::test]
+async fn invalid_function_is_rejected_with_the_field_named() {
+    let (_h, api) = harness().await;
+    let mut bad = function("bad");
+    bad.spec.timeout_seconds = 0;
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    let kube::Error::Api(status) = &err else { panic!("{err}") };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(status.message.contains("spec.timeoutSeconds"), "{}", status.message);
+}
+
+#[tokio::test]
+async fn update_with_a_stale_resource_version_conflicts() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("racy")).await.unwrap();
+    let mut first = api.get("racy").await.unwrap();
+    let mut second = first.clone();
+    first.spec.timeout_seconds = 10;
+    api.replace("racy", &PostParams::default(), &first).await.unwrap();
+    second.spec.timeout_seconds = 20;
+    let err = api.replace("racy", &PostParams::default(), &second).await.unwrap_err();
+    assert_eq!(status_code(&err), (409, "Conflict".into()));
+    assert_eq!(api.get("racy").await.unwrap().spec.timeout_seconds, 10);
+}
+
+#[tokio::test]
+async fn status_subresource_writes_only_status_and_main_writes_ignore_it() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("st")).await.unwrap();
+    let patched = api
+        .patch_status(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Ready"}, "spec": {"timeoutSeconds": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.spec.timeout_seconds, 30, "status writes leave spec alone");
+    assert_eq!(patched.metadata.generation, Some(1), "status writes do not bump generation");
+    let mut main = patched.clone();
+    main.status.as_mut().unwrap().phase = None;
+    main.spec.timeout_seconds = 7;
+    let replaced = api.replace("st", &PostParams::default(), &main).await.unwrap();
+    assert!(replaced.status.unwrap().phase.is_some(), "main writes keep the stored status");
+    assert_eq!(replaced.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn watcher_sees_creates_updates_and_deletes() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("before")).await.unwrap();
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut next = async || {
+        tokio::time::timeout(common::PATIENCE, events.try_next()).await.unwrap().unwrap().unwrap()
+    };
+    assert!(matches!(next().await, watcher::Event::Init));
+    assert!(matches!(next().await, watcher::Event::InitApply(f) if f.name_any() == "before"));
+    assert!(matches!(next().await, watcher::Event::InitDone));
+
+    api.create(&PostParams::default(), &function("during")).await.unwrap();
+    assert!(matches!(next().await, watcher::Event::Apply(f) if f.name_any() == "during"));
+    api.patch(
+        "during",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"timeoutSeconds": 9}})),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(next().await, watcher::Event::Apply(f) if f.spec.timeout_seconds == 9));
+    api.delete("during", &DeleteParams::default()).await.unwrap();
+    assert!(matches!(next().await, watcher::Event::Delete(f) if f.name_any() == "during"));
+}
+
+#[tokio::test]
+async fn watch_from_a_version_older_than_the_history_gets_410() {
+    let h = Harness::start_with(Config { history: 3, ..Config::default() }).await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    for i in 0..6 {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("cm{i}")}})).unwrap();
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let mut stream = api.watch(&WatchParams::default(), "1").await.unwrap().boxed();
+    let first =
+        tokio::time::timeout(common::PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
+    let WatchEvent::Error(status) = first else { panic!("expected an error event, got {first:?}") };
+    assert_eq!(status.code, 410);
+
+    // A recent version still works, and bookmarks arrive when asked for.
+    let latest = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut stream = api.watch(&WatchParams::default().timeout(5), &latest).await.unwrap().boxed();
+    api.delete("cm0", &DeleteParams::default()).await.unwrap();
+    let event =
+        tokio::time::timeout(common::PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(event, WatchEvent::Deleted(cm) if cm.name_any() == "cm0"));
+}
+
+#[tokio::test]
+async fn watch_sends_bookmarks_when_asked() {
+    let h = Harness::start_with(Config {
+        bookmark_interval: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut stream = api.watch(&WatchParams::default().timeout(5), &rv).await.unwrap().boxed();
+    let event =
+        tokio::time::timeout(common::PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(event, WatchEvent::Bookmark(_)), "{event:?}");
+}
+
+#[tokio::test]
+async fn deleting_an_owner_garbage_collects_its_dependents() {
+    let (h, api) = harness().await;
+    let owner = api.create(&PostParams::default(), &function("owner")).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let owner_ref = owner.controller_owner_ref(&()).unwrap();
+    for name in ["code", "kept"] {
+        let mut cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+                .unwrap();
+        cm.metadata.owner_references = Some(vec![owner_ref.clone()]);
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    // `kept` has a second, live owner: losing one owner must not delete it.
+    let other = api.create(&PostParams::default(), &function("other")).await.unwrap();
+    let mut kept = cms.get("kept").await.unwrap();
+    kept.metadata.owner_references.as_mut().unwrap().push(other.owner_ref(&()).unwrap());
+    cms.replace("kept", &PostParams::default(), &kept).await.unwrap();
+
+    api.delete("owner", &DeleteParams::background()).await.unwrap();
+    eventually("the owned ConfigMap to be collected", || async {
+        cms.get_opt("code").await.unwrap().is_none()
+    })
+    .await;
+    let kept = cms.get("kept").await.unwrap();
+    assert_eq!(kept.owner_references().len(), 1);
+    assert_eq!(kept.owner_references()[0].name, "other");
+
+    // Orphan propagation leaves dependents alone.
+    api.delete("other", &DeleteParams::orphan()).await.unwrap();
+    let kept = cms.get("kept").await.unwrap();
+    assert!(kept.owner_references().is_empty());
+}
+
+#[tokio::test]
+async fn dynamic_objects_and_paginated_lists() {
+    let (h, _) = harness().await;
+    let resource = ApiResource::erase::<Function>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(h.client(), "default", &resource);
+    for i in 0..5 {
+        let obj = DynamicObject::new(&format!("dyn{i}"), &resource).data(json!({
+            "spec": {"runtime": "nodejs", "handler": "index.handler", "code": {"inline": "exports.handler = async () => 1"}}
+        }));
+        api.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    loop {
+        let page = api.list(&params).await.unwrap();
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.iter().map(ResourceExt::name_any));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(names, ["dyn0", "dyn1", "dyn2", "dyn3", "dyn4"]);
+    let deleted = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().fields("metadata.name!=dyn0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.left().map(|l| l.items.len()), Some(4));
+    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+async fn a_controller_reconciles_functions_to_ready() {
+    let (h, api) = harness().await;
+    async fn reconcile(f: Arc<Function>, api: Arc<Api<Function>>) -> Result<Action, kube::Error> {
+        if f.status.as_ref().and_then(|s| s.phase).is_none() {
+            let status =
+                json!({"status": {"phase": "Ready", "observedGeneration": f.metadata.generation}});
+            api.patch_status(&f.name_any(), &PatchParams::apply("test-controller").force(), &Patch::Apply(json!({
+                "apiVersion": "kubefaas.io/v1alpha1", "kind": "Function", "status": status["status"]
+            })))
+            .await?;
+        }
+        Ok(Action::await_change())
+    }
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .run(reconcile, |_, _, _| Action::requeue(Duration::from_secs(1)), Arc::new(api.clone()))
+        .for_each(|_| async {});
+    let running = tokio::spawn(controller);
+    api.create(&PostParams::default(), &function("managed")).await.unwrap();
+    eventually("the controller to mark the function Ready", || async {
+        api.get("managed").await.unwrap().status.and_then(|s| s.phase).is_some()
+    })
+    .await;
+    let f = api.get("managed").await.unwrap();
+    assert_eq!(f.status.unwrap().observed_generation, Some(1));
+    running.abort();
+    drop(h);
+}
+
+#[tokio::test]
+async fn a_data_directory_keeps_objects_and_resource_versions_across_restarts() {
+    let dir = scratch_dir();
+    let config = Config { data_dir: Some(dir.join("data")), ..Config::default() };
+    let mut h = Harness::start_with(config.clone()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "durable"}, "data": {"a": "1"}}))
+            .unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    h.stop().await;
+
+    let h = Harness::start_with(config).await;
+    let cms: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let found = cms.get("durable").await.unwrap();
+    assert_eq!(found.metadata.uid, created.metadata.uid);
+    let rv = |c: &ConfigMap| c.metadata.resource_version.clone().unwrap().parse::<u64>().unwrap();
+    let mut changed = found.clone();
+    changed.data.as_mut().unwrap().insert("b".into(), "2".into());
+    let updated = cms.replace("durable", &PostParams::default(), &changed).await.unwrap();
+    assert!(rv(&updated) > rv(&created), "resource versions continue after a restart");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_label_selected_watch_sees_objects_enter_and_leave_the_selection() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("moving")).await.unwrap();
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let params = WatchParams::default().labels("stage=live").timeout(10);
+    let mut stream = api.watch(&params, &rv).await.unwrap().boxed();
+    let label =
+        |value: Option<&str>| Patch::Merge(json!({"metadata": {"labels": {"stage": value}}}));
+    api.patch("moving", &PatchParams::default(), &label(Some("live"))).await.unwrap();
+    api.patch("moving", &PatchParams::default(), &label(Some("retired"))).await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(common::PATIENCE, stream.next()).await.unwrap().unwrap().unwrap()
+    };
+    assert!(matches!(next().await, WatchEvent::Added(f) if f.name_any() == "moving"));
+    assert!(matches!(next().await, WatchEvent::Deleted(f) if f.labels()["stage"] == "retired"));
+}
