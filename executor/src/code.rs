@@ -38,26 +38,14 @@ pub enum Code {
 impl Code {
     /// Whether `bytes` look like a zip archive (so `base64` code can be either kind).
     pub fn is_zip(bytes: &[u8]) -> bool {
-        bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+        kubefaas_core::code::is_zip(bytes)
     }
 
     /// A single source file named as the handler expects: `main.handler` → `main.py`,
     /// `index.handler` → `index.mjs` when the source uses `import`/`export` lines, else
     /// `index.js`; Go source → `function.go`.
     pub fn single_file(language: Language, handler: &str, contents: Vec<u8>) -> Code {
-        let module = handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler);
-        let name = match language {
-            Language::Python => format!("{}.py", module.replace('.', "/")),
-            Language::Nodejs => {
-                let text = String::from_utf8_lossy(&contents);
-                let esm = text.lines().any(|l| {
-                    let l = l.trim_start();
-                    l.starts_with("export ") || l.starts_with("import ")
-                });
-                format!("{module}.{}", if esm { "mjs" } else { "js" })
-            }
-            Language::Go => "function.go".to_owned(),
-        };
+        let name = kubefaas_core::code::source_file_name(language, handler, &contents);
         Code::File { name, contents }
     }
 
