@@ -13,6 +13,11 @@ help: ## List the targets
 deps: ## Install what the tests need (PostgreSQL, Redis, interpreters) if missing
 	@scripts/deps.sh
 
+.PHONY: run
+run: deps ## Run the whole platform here (kubefaas up) with the example functions deployed
+	$(CARGO) build -p kubefaas
+	scripts/run.sh
+
 .PHONY: build
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
