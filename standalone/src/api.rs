@@ -71,7 +71,7 @@ pub(crate) fn now() -> String {
 
 fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
     Key {
-        group: rt.group.clone(),
+        group: rt.storage_group.clone(),
         resource: rt.plural.clone(),
         namespace: if rt.namespaced {
             namespace.unwrap_or_default().to_owned()
@@ -82,8 +82,9 @@ fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
     }
 }
 
-/// `obj` as `rt`'s version serves it.
-pub(crate) fn present(rt: &ResourceType, mut obj: Value) -> Value {
+/// `obj` (stored, or sent by a client) as `rt`'s version serves it.
+pub(crate) fn present(rt: &ResourceType, obj: Value) -> Value {
+    let mut obj = rt.served_form(obj);
     if let Some(map) = obj.as_object_mut() {
         map.insert("apiVersion".into(), Value::String(rt.api_version()));
         map.insert("kind".into(), Value::String(rt.kind.clone()));
@@ -180,7 +181,7 @@ impl Cluster {
 
     /// Stores a created or changed object; a CRD change also changes what is served.
     fn store_put(&mut self, rt: &ResourceType, k: Key, obj: Value) -> Value {
-        let stored = self.store.put(k, obj);
+        let stored = self.store.put(k, rt.to_storage(obj));
         if rt.plural == "customresourcedefinitions" {
             self.rebuild_registry();
         }
@@ -214,11 +215,12 @@ impl Cluster {
         let mut items = Vec::new();
         let mut next = None;
         let ns = if rt.namespaced { namespace } else { None };
-        for (k, obj) in self.store.list(&rt.group, &rt.plural, ns) {
+        for (k, obj) in self.store.list(&rt.storage_group, &rt.plural, ns) {
             if after.as_ref().is_some_and(|(ans, aname)| (&k.namespace, &k.name) <= (ans, aname)) {
                 continue;
             }
-            if !opts.labels.matches_object(obj) || !opts.fields.matches(obj) {
+            let obj = present(rt, obj.clone());
+            if !opts.labels.matches_object(&obj) || !opts.fields.matches(&obj) {
                 continue;
             }
             if opts.limit > 0 && items.len() == opts.limit {
@@ -230,7 +232,7 @@ impl Cluster {
                 });
                 break;
             }
-            items.push(present(rt, obj.clone()));
+            items.push(obj);
         }
         Ok((items, self.store.rv().to_string(), next))
     }
@@ -498,8 +500,9 @@ impl Cluster {
             )));
         }
         let now = now();
+        let live = old.as_ref().map(|o| present(rt, o.clone()));
         let merged =
-            apply::apply(old.as_ref(), &config, &opts.field_manager, opts.force, scope, &now)
+            apply::apply(live.as_ref(), &config, &opts.field_manager, opts.force, scope, &now)
                 .map_err(|conflicts| {
                     let fields: Vec<String> = conflicts
                         .iter()
@@ -537,6 +540,8 @@ impl Cluster {
         opts: &WriteOptions,
         applied: bool,
     ) -> ApiResult<Value> {
+        // Everything below compares and writes in `rt`'s form; `store_put` converts back.
+        let old = present(rt, old);
         let mut new = match scope {
             Scope::Status => {
                 let mut out = old.clone();
@@ -617,8 +622,7 @@ impl Cluster {
             set_path(&mut new, &["metadata", "generation"], json!(generation));
         }
         if !applied {
-            let old_presented = present(rt, old.clone());
-            apply::track_update(Some(&old_presented), &mut new, &opts.field_manager, scope, &now());
+            apply::track_update(Some(&old), &mut new, &opts.field_manager, scope, &now());
         }
         let unchanged = {
             let strip = |v: &Value| {
@@ -628,16 +632,16 @@ impl Cluster {
                 }
                 v
             };
-            strip(&new) == strip(&present(rt, old.clone()))
+            strip(&new) == strip(&old)
         };
         if unchanged {
-            return Ok(present(rt, old));
+            return Ok(old);
         }
         if opts.dry_run {
             return Ok(new);
         }
         if new["metadata"]["deletionTimestamp"].is_string() && finalizers(&new).is_empty() {
-            self.store.put(k.clone(), new);
+            self.store.put(k.clone(), rt.to_storage(new));
             let gone = self.remove_now(&k);
             return Ok(present(rt, gone.unwrap_or(Value::Null)));
         }
