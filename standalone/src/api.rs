@@ -398,15 +398,7 @@ impl Cluster {
             .get(&k)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group_resource(), name))?;
-        if let Some(rv) = meta_str(&obj, "resourceVersion")
-            && Some(rv) != meta_str(&old, "resourceVersion")
-        {
-            return Err(ApiError::conflict(
-                &rt.group_resource(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_preconditions(rt, name, &obj, &old)?;
         let scope = if status {
             Scope::Status
         } else {
@@ -458,15 +450,7 @@ impl Cluster {
         if meta_str(&new, "name") != Some(name) {
             return Err(ApiError::bad_request("metadata.name may not be changed by a patch"));
         }
-        if let Some(rv) = meta_str(&new, "resourceVersion")
-            && Some(rv) != meta_str(&old, "resourceVersion")
-        {
-            return Err(ApiError::conflict(
-                &rt.group_resource(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_preconditions(rt, name, &new, &old)?;
         Ok((200, self.commit(rt, k, old, new, scope, opts, false)?))
     }
 
@@ -500,6 +484,9 @@ impl Cluster {
             )));
         }
         let now = now();
+        if let Some(old) = &old {
+            check_preconditions(rt, name, &config, old)?;
+        }
         let live = old.as_ref().map(|o| present(rt, o.clone()));
         let merged =
             apply::apply(live.as_ref(), &config, &opts.field_manager, opts.force, scope, &now)
@@ -872,6 +859,32 @@ impl Cluster {
             self.store.remove(&k);
         }
     }
+}
+
+/// A `resourceVersion` or `uid` a client sends must match the stored object's.
+fn check_preconditions(rt: &ResourceType, name: &str, sent: &Value, old: &Value) -> ApiResult<()> {
+    if let Some(rv) = meta_str(sent, "resourceVersion")
+        && Some(rv) != meta_str(old, "resourceVersion")
+    {
+        return Err(ApiError::conflict(
+            &rt.group_resource(),
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    if let Some(uid) = meta_str(sent, "uid")
+        && Some(uid) != meta_str(old, "uid")
+    {
+        return Err(ApiError::conflict(
+            &rt.group_resource(),
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(old, "uid").unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_body(rt: &ResourceType, obj: &Value) -> ApiResult<()> {
