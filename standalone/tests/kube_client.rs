@@ -335,3 +335,47 @@ async fn a_label_selected_watch_sees_objects_enter_and_leave_the_selection() {
     assert!(matches!(next().await, WatchEvent::Added(f) if f.name_any() == "moving"));
     assert!(matches!(next().await, WatchEvent::Deleted(f) if f.labels()["stage"] == "retired"));
 }
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_initial_events_then_changes() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("existing")).await.unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut events = watcher(api.clone(), config).boxed();
+    let mut next = async || {
+        let event = tokio::time::timeout(common::PATIENCE, events.try_next()).await.unwrap();
+        event.unwrap().unwrap()
+    };
+    assert!(matches!(next().await, watcher::Event::Init));
+    assert!(matches!(next().await, watcher::Event::InitApply(f) if f.name_any() == "existing"));
+    assert!(matches!(next().await, watcher::Event::InitDone));
+    api.create(&PostParams::default(), &function("later")).await.unwrap();
+    assert!(matches!(next().await, watcher::Event::Apply(f) if f.name_any() == "later"));
+}
+
+#[tokio::test]
+async fn a_namespace_terminates_once_its_last_object_is_released() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let (h, _) = harness().await;
+    let namespaces: Api<Namespace> = Api::all(h.client());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let functions: Api<Function> = Api::namespaced(h.client(), "doomed");
+    let mut held = function("held");
+    held.metadata.finalizers = Some(vec!["kubefaas.io/cleanup".into()]);
+    functions.create(&PostParams::default(), &held).await.unwrap();
+    functions.create(&PostParams::default(), &function("free")).await.unwrap();
+
+    namespaces.delete("doomed", &DeleteParams::default()).await.unwrap();
+    let terminating = namespaces.get("doomed").await.unwrap();
+    assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert!(functions.get_opt("free").await.unwrap().is_none());
+    assert!(functions.get("held").await.unwrap().metadata.deletion_timestamp.is_some());
+    let err = functions.create(&PostParams::default(), &function("late")).await.unwrap_err();
+    assert_eq!(status_code(&err), (403, "Forbidden".into()));
+
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    functions.patch("held", &PatchParams::default(), &release).await.unwrap();
+    assert!(functions.get_opt("held").await.unwrap().is_none());
+    assert!(namespaces.get_opt("doomed").await.unwrap().is_none());
+}
