@@ -681,8 +681,9 @@ impl Cluster {
         match opts.propagation.as_deref() {
             Some("Orphan") => self.orphan_dependents(&uid),
             Some("Foreground") => {
-                for dependent in self.dependents_of(&uid) {
-                    self.delete_key(&dependent, Some("Foreground"));
+                // Deepest dependents first; the visited set makes ownership cycles harmless.
+                for dependent in self.transitive_dependents(&uid).into_iter().rev() {
+                    self.delete_key(&dependent, None);
                 }
             }
             _ => {}
@@ -778,6 +779,25 @@ impl Cluster {
             })
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Everything owned by `uid`, directly or through other dependents, in breadth-first order.
+    fn transitive_dependents(&self, uid: &str) -> Vec<Key> {
+        let mut seen = BTreeSet::from([uid.to_owned()]);
+        let mut out: Vec<Key> = Vec::new();
+        let mut queue = std::collections::VecDeque::from([uid.to_owned()]);
+        while let Some(owner) = queue.pop_front() {
+            for k in self.dependents_of(&owner) {
+                let Some(dependent) = self.store.get(&k).and_then(|o| meta_str(o, "uid")) else {
+                    continue;
+                };
+                if seen.insert(dependent.to_owned()) {
+                    queue.push_back(dependent.to_owned());
+                    out.push(k);
+                }
+            }
+        }
+        out
     }
 
     fn live_uids(&self) -> BTreeSet<String> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{Harness, eventually, scratch_dir};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     WatchEvent, WatchParams,
@@ -378,4 +379,30 @@ async fn a_namespace_terminates_once_its_last_object_is_released() {
     functions.patch("held", &PatchParams::default(), &release).await.unwrap();
     assert!(functions.get_opt("held").await.unwrap().is_none());
     assert!(namespaces.get_opt("doomed").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn foreground_deletion_removes_dependents_first_even_with_ownership_cycles() {
+    let (h, api) = harness().await;
+    let cms: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let owner = api.create(&PostParams::default(), &function("root")).await.unwrap();
+    let owned_by = |owner: OwnerReference, name: &str| {
+        let mut cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        cm.metadata.owner_references = Some(vec![owner]);
+        cm
+    };
+    let child = owned_by(owner.owner_ref(&()).unwrap(), "child");
+    let child = cms.create(&PostParams::default(), &child).await.unwrap();
+    let grandchild = owned_by(child.owner_ref(&()).unwrap(), "grandchild");
+    let grandchild = cms.create(&PostParams::default(), &grandchild).await.unwrap();
+    // The child is also owned by its own dependent: a cycle.
+    let mut child = cms.get("child").await.unwrap();
+    child.metadata.owner_references.as_mut().unwrap().push(grandchild.owner_ref(&()).unwrap());
+    cms.replace("child", &PostParams::default(), &child).await.unwrap();
+
+    api.delete("root", &DeleteParams::foreground()).await.unwrap();
+    assert!(api.get_opt("root").await.unwrap().is_none());
+    assert!(cms.get_opt("child").await.unwrap().is_none());
+    assert!(cms.get_opt("grandchild").await.unwrap().is_none());
 }
