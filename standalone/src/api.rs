@@ -23,6 +23,9 @@ pub(crate) struct Cluster {
     pub(crate) store: Store,
     /// Served types (rebuilt when a CRD changes).
     pub(crate) registry: Registry,
+    /// Uids of removed objects whose dependents garbage collection has yet to look at. A
+    /// worklist rather than recursion, so long ownership chains cannot exhaust the stack.
+    pub(crate) orphaned: Vec<String>,
 }
 
 /// Options common to writes.
@@ -757,7 +760,15 @@ impl Cluster {
     fn remove_now(&mut self, k: &Key) -> Option<Value> {
         let gone = self.store.remove(k)?;
         if let Some(uid) = meta_str(&gone, "uid") {
-            self.collect_garbage(uid);
+            let idle = self.orphaned.is_empty();
+            self.orphaned.push(uid.to_owned());
+            // Only the outermost removal drains the worklist; nested ones just add to it.
+            if idle {
+                while let Some(uid) = self.orphaned.last().cloned() {
+                    self.collect_garbage(&uid);
+                    self.orphaned.retain(|u| *u != uid);
+                }
+            }
         }
         if !k.namespace.is_empty() {
             self.finish_namespace(&k.namespace.clone());
@@ -770,15 +781,7 @@ impl Cluster {
     }
 
     fn dependents_of(&self, uid: &str) -> Vec<Key> {
-        self.store
-            .iter()
-            .filter(|(_, obj)| {
-                obj["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.store.dependents_of(uid)
     }
 
     /// Everything owned by `uid`, directly or through other dependents, in breadth-first order.
@@ -800,10 +803,6 @@ impl Cluster {
         out
     }
 
-    fn live_uids(&self) -> BTreeSet<String> {
-        self.store.iter().filter_map(|(_, o)| meta_str(o, "uid").map(str::to_owned)).collect()
-    }
-
     /// Deletes dependents whose owners are all gone; drops the dangling reference from those
     /// that still have a live owner.
     fn collect_garbage(&mut self, uid: &str) {
@@ -811,13 +810,12 @@ impl Cluster {
         if dependents.is_empty() {
             return;
         }
-        let live = self.live_uids();
         for k in dependents {
             let Some(obj) = self.store.get(&k).cloned() else { continue };
             let refs = obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
             let remaining: Vec<Value> = refs
                 .into_iter()
-                .filter(|r| r["uid"].as_str().is_some_and(|u| live.contains(u)))
+                .filter(|r| r["uid"].as_str().is_some_and(|u| self.store.is_live(u)))
                 .collect();
             if remaining.is_empty() {
                 self.delete_key(&k, None);
@@ -1092,4 +1090,34 @@ pub(crate) fn list_object(
         "metadata": meta,
         "items": items,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let mut store = Store::open(None, 100).unwrap();
+        crate::seed(&mut store);
+        Cluster { store, registry: Registry::new(std::iter::empty()), orphaned: Vec::new() }
+    }
+
+    #[test]
+    fn a_long_ownership_chain_is_collected_without_deep_recursion() {
+        let mut c = cluster();
+        let rt = c.registry.find("", "v1", "configmaps").unwrap();
+        let opts = WriteOptions { field_manager: "test".into(), ..Default::default() };
+        let mut owner: Option<Value> = None;
+        for i in 0..10_000 {
+            let mut cm = json!({"metadata": {"name": format!("cm{i}")}});
+            if let Some(o) = &owner {
+                cm["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+                    "name": o["metadata"]["name"], "uid": o["metadata"]["uid"]}]);
+            }
+            owner = Some(c.create(&rt, Some("default"), cm, &opts).unwrap());
+        }
+        c.delete(&rt, Some("default"), "cm0", &DeleteOptions::default()).unwrap();
+        assert_eq!(c.store.list("", "configmaps", None).count(), 0);
+    }
 }

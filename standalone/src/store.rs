@@ -10,7 +10,7 @@
 //! into a snapshot (`snapshot.json`, written to a temporary file and renamed) every time the
 //! store is opened. Log lines are written, not fsynced, per change.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -153,6 +153,18 @@ pub(crate) struct Store {
     history_limit: usize,
     log: Option<Log>,
     events: broadcast::Sender<Arc<Event>>,
+    /// Owner uid → keys of the objects whose `ownerReferences` name it.
+    dependents: BTreeMap<String, BTreeSet<Key>>,
+    /// Uids of the stored objects.
+    uids: BTreeSet<String>,
+}
+
+fn owner_uids(object: &Value) -> impl Iterator<Item = &str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
 }
 
 const LOG: &str = "objects.jsonl";
@@ -168,6 +180,8 @@ impl Store {
         let (events, _) = broadcast::channel(4096);
         let mut store = Self {
             objects: BTreeMap::new(),
+            dependents: BTreeMap::new(),
+            uids: BTreeSet::new(),
             rv: 0,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
@@ -263,6 +277,7 @@ impl Store {
         }
         self.persist(rv, &key, Some(&object));
         let previous = self.objects.insert(key.clone(), object.clone()).map(Arc::new);
+        self.index(&key, previous.as_deref(), Some(&object));
         let kind = if previous.is_some() { EventType::Modified } else { EventType::Added };
         self.record(Event { rv, kind, key, object: Arc::new(object.clone()), previous });
         self.maybe_compact();
@@ -272,6 +287,7 @@ impl Store {
     /// Removes an object; the returned copy carries the deletion's `resourceVersion`.
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Value> {
         let mut object = self.objects.remove(key)?;
+        self.index(key, Some(&object), None);
         self.rv += 1;
         let rv = self.rv;
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -287,6 +303,37 @@ impl Store {
         });
         self.maybe_compact();
         Some(object)
+    }
+
+    /// Keys of the objects that name `uid` in their `ownerReferences`.
+    pub(crate) fn dependents_of(&self, uid: &str) -> Vec<Key> {
+        self.dependents.get(uid).map(|keys| keys.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Whether an object with this uid is stored.
+    pub(crate) fn is_live(&self, uid: &str) -> bool {
+        self.uids.contains(uid)
+    }
+
+    fn index(&mut self, key: &Key, before: Option<&Value>, after: Option<&Value>) {
+        let uid_of = |o: &Value| o["metadata"]["uid"].as_str().map(str::to_owned);
+        if let Some(uid) = before.and_then(uid_of) {
+            self.uids.remove(&uid);
+        }
+        if let Some(uid) = after.and_then(uid_of) {
+            self.uids.insert(uid);
+        }
+        for uid in before.into_iter().flat_map(owner_uids) {
+            if let Some(keys) = self.dependents.get_mut(uid) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.dependents.remove(uid);
+                }
+            }
+        }
+        for uid in after.into_iter().flat_map(owner_uids) {
+            self.dependents.entry(uid.to_owned()).or_default().insert(key.clone());
+        }
     }
 
     /// Events after `rv` still in the history, and a receiver for later ones. `None` when
