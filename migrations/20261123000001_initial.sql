@@ -41,6 +41,8 @@ CREATE TABLE invocations (
     function_id      uuid        NOT NULL REFERENCES functions (id),
     namespace        text        NOT NULL,
     function_name    text        NOT NULL,
+    -- Name of the Invocation object, for invocations made through one; NULL for synchronous calls.
+    resource_name    text,
     -- How the invocation was made: 'resource' (an Invocation object, kubectl or async REST) or
     -- 'sync' (the gateway's synchronous path, which creates no object).
     source           text        NOT NULL CHECK (source IN ('resource', 'sync')),

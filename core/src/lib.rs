@@ -1,16 +1,26 @@
 //! `kubefaas-core`: everything two or more kubefaas binaries share.
 //!
+//! - [`code`]: function code as stored in its ConfigMap: one source file or a zip archive.
 //! - [`resources`]: the `Function` and `Invocation` custom resources and their CRDs.
 //! - [`validation`]: the checks on those resources that the operator and the gateway both apply.
 //! - [`schema`]: structural-schema rules and validation of objects against a CRD schema.
 //! - [`runtime`]: the runtime catalogue.
+//! - [`service`]: shutdown signals and readiness checks shared by the service binaries.
 //! - [`store`]: the PostgreSQL store of functions and invocations, and the invocation lifecycle.
+//! - [`queue`]: the Redis Streams invocation queue: claims, retries with backoff, reclaim of
+//!   abandoned work, dead letters, trimming, stats and completion notifications.
 //!
-//! This crate owns data shapes and the rules on them. It must not talk to the Kubernetes API,
-//! start tasks on its own or read configuration from the environment: the binaries decide that.
+//! This crate owns data shapes, the rules on them and the platform's use of PostgreSQL and
+//! Redis. It must not talk to the Kubernetes API or read configuration from the environment: the
+//! binaries decide that. It starts no background work behind the caller's back: its one task,
+//! the completion listener, is started by the caller through [`queue::Completions::start`],
+//! which hands back its `JoinHandle` (the redis client's own connection drivers aside).
 
+pub mod code;
+pub mod queue;
 pub mod resources;
 pub mod runtime;
 pub mod schema;
+pub mod service;
 pub mod store;
 pub mod validation;

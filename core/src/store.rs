@@ -219,7 +219,7 @@ pub struct FunctionRecord {
     pub code_source: CodeSource,
     /// ConfigMap `name/key` or URL of the code, when it is not in the spec.
     pub code_location: Option<String>,
-    /// `sha256:<hex>` of the code bytes.
+    /// Lower-case hex SHA-256 of the code bytes.
     pub code_checksum: String,
     /// Size of the code in bytes.
     pub code_size: i64,
@@ -583,6 +583,8 @@ pub struct NewInvocation {
     pub namespace: String,
     /// Name of the function.
     pub function_name: String,
+    /// Name of the `Invocation` object, when made through one.
+    pub resource_name: Option<String>,
     /// How the invocation was made.
     pub source: Source,
     /// The event given to the handler.
@@ -606,6 +608,8 @@ pub struct InvocationRow {
     pub namespace: String,
     /// Name of the function.
     pub function_name: String,
+    /// Name of the `Invocation` object, when made through one.
+    pub resource_name: Option<String>,
     /// How the invocation was made.
     #[sqlx(try_from = "String")]
     pub source: Source,
@@ -769,9 +773,9 @@ impl Store {
             )));
         }
         let inserted: Option<InvocationRow> = sqlx::query_as(
-            "INSERT INTO invocations (id, function_id, namespace, function_name, source, payload, \
-                 headers, timeout_seconds, max_attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO invocations (id, function_id, namespace, function_name, resource_name, \
+                 source, payload, headers, timeout_seconds, max_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (id) DO NOTHING \
              RETURNING *",
         )
@@ -779,6 +783,7 @@ impl Store {
         .bind(new.function_id)
         .bind(&new.namespace)
         .bind(&new.function_name)
+        .bind(&new.resource_name)
         .bind(new.source.as_str())
         .bind(&new.payload)
         .bind(Json(&new.headers))

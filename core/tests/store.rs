@@ -88,6 +88,7 @@ fn invocation(function_id: Uuid) -> NewInvocation {
         function_id,
         namespace: "default".to_owned(),
         function_name: "hello".to_owned(),
+        resource_name: Some("hello-once".to_owned()),
         source: Source::Resource,
         payload: Some(json!({"name": "world"})),
         headers: BTreeMap::from([("x-trace".to_owned(), "abc".to_owned())]),
@@ -289,6 +290,7 @@ async fn creating_an_invocation_twice_returns_the_first_row() {
     assert_eq!(first.status, Status::Pending);
     assert_eq!(first.payload, new.payload);
     assert_eq!(first.headers, new.headers);
+    assert_eq!(first.resource_name.as_deref(), Some("hello-once"));
     assert_eq!(first.attempts, 0);
     assert_eq!(first.max_attempts, 3);
     assert_eq!(db.store.create_invocation(&new).await.unwrap(), Created::Existing(first.clone()));

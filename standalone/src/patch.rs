@@ -41,9 +41,19 @@ impl PatchType {
 }
 
 /// Applies an RFC 6902 patch.
+///
+/// Like the Kubernetes API server, a `test` for `null` passes when the path does not exist:
+/// clients (kube-runtime's finalizer helper among them) test that a list is absent that way
+/// before adding it.
 pub(crate) fn json_patch(target: &Value, patch: &Value) -> ApiResult<Value> {
-    let patch: json_patch::Patch = serde_json::from_value(patch.clone())
+    let mut patch: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    patch.0.retain(|op| match op {
+        json_patch::PatchOperation::Test(test) => {
+            !(test.value.is_null() && target.pointer(test.path.as_str()).is_none())
+        }
+        _ => true,
+    });
     let mut out = target.clone();
     json_patch::patch(&mut out, &patch).map_err(|e| {
         let mut err = ApiError::bad_request(format!(
@@ -235,6 +245,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(removed["metadata"]["finalizers"], json!(["b"]));
+    }
+
+    #[test]
+    fn a_test_for_null_passes_on_a_missing_path_as_in_kubernetes() {
+        let patch = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}
+        ]);
+        let out = json_patch(&json!({"metadata": {}}), &patch).unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["f"]));
+        // A test for null still fails when the path holds something.
+        let held = json!({"metadata": {"finalizers": ["g"]}});
+        assert_eq!(json_patch(&held, &patch).unwrap_err().code, 422);
     }
 
     #[test]

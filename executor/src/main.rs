@@ -1,0 +1,93 @@
+//! `kubefaas-executor`: parses flags, sets up logging and consumes the invocation queue until
+//! SIGTERM or Ctrl-C, then finishes in-flight work within the grace period.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use kubefaas_executor::{
+    SandboxMode,
+    service::{ExecutorConfig, run},
+    worker::WorkerConfig,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Where function instances run.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    /// Sandboxed processes on this machine (cgroup limits where the host allows).
+    Local,
+}
+
+/// Runs kubefaas invocations from the queue.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Flags {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: String,
+    /// Prefix of every Redis key; the operator must use the same.
+    #[arg(long, env = "KUBEFAAS_QUEUE_PREFIX", default_value = "kubefaas")]
+    queue_prefix: String,
+    /// Where function instances run.
+    #[arg(long, env = "KUBEFAAS_BACKEND", value_enum, default_value = "local")]
+    backend: Backend,
+    /// Working directory of the local backend (instances, caches).
+    #[arg(long, env = "KUBEFAAS_WORK_DIR", default_value = "/var/lib/kubefaas-executor")]
+    work_dir: PathBuf,
+    /// This executor's name in the consumer group and as lease owner (default: POD_NAME or the
+    /// host name, plus the process id).
+    #[arg(long, env = "KUBEFAAS_EXECUTOR_NAME")]
+    name: Option<String>,
+    /// Most invocations in flight at once.
+    #[arg(long, env = "KUBEFAAS_MAX_IN_FLIGHT", default_value_t = 16)]
+    max_in_flight: usize,
+    /// Lease length in seconds (renewed while an invocation runs).
+    #[arg(long, env = "KUBEFAAS_LEASE_SECONDS", default_value_t = 30)]
+    lease_seconds: u64,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "KUBEFAAS_EXECUTOR_HTTP_ADDR", default_value = "0.0.0.0:8081")]
+    http_addr: SocketAddr,
+    /// Seconds in-flight invocations may take to finish after SIGTERM.
+    #[arg(long, env = "KUBEFAAS_GRACE_SECONDS", default_value_t = 30)]
+    grace_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let flags = Flags::parse();
+    let Backend::Local = flags.backend;
+    let name = flags.name.unwrap_or_else(|| {
+        let host = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "executor".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let mut worker = WorkerConfig::new(name);
+    worker.max_in_flight = flags.max_in_flight.max(1);
+    worker.lease = Duration::from_secs(flags.lease_seconds.max(1));
+    let config = ExecutorConfig {
+        database_url: flags.database_url,
+        redis_url: flags.redis_url,
+        queue_prefix: flags.queue_prefix,
+        work_dir: flags.work_dir,
+        sandbox: SandboxMode::Auto,
+        worker,
+        http_addr: flags.http_addr,
+        grace: Duration::from_secs(flags.grace_seconds),
+    };
+    match run(config, kubefaas_core::service::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "kubefaas-executor stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

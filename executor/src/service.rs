@@ -1,0 +1,169 @@
+//! The `kubefaas-executor` service: the worker over PostgreSQL, Redis and a backend, plus its
+//! `/metrics`, `/healthz` and `/readyz` endpoint.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::FutureExt;
+use kubefaas_core::{
+    queue::{Queue, QueueConfig, QueueError},
+    store::{Store, StoreConfig, StoreError},
+};
+
+use crate::{
+    Driver, DriverConfig, Pool, SandboxMode,
+    functions::KubeFunctions,
+    metrics::ExecutorMetrics,
+    worker::{FunctionSource, Worker, WorkerConfig, WorkerError},
+};
+
+/// Everything the executor needs to start.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Prefix of every Redis key (shared with the operator).
+    pub queue_prefix: String,
+    /// Where instances and caches live (the local backend).
+    pub work_dir: PathBuf,
+    /// Limits and isolation of local instances.
+    pub sandbox: SandboxMode,
+    /// Consumer loop settings, including this executor's name.
+    pub worker: WorkerConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_addr: SocketAddr,
+    /// How long in-flight invocations may take to finish on shutdown.
+    pub grace: Duration,
+}
+
+/// Why the executor could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// PostgreSQL.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Redis.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The Redis URL is unusable.
+    #[error("connecting to Redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// The Kubernetes client could not be built.
+    #[error("connecting to the Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// The driver could not prepare its directories.
+    #[error("preparing the runtime driver: {0}")]
+    Driver(#[source] crate::Error),
+    /// The worker failed.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The HTTP endpoint could not be served.
+    #[error("serving HTTP on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the executor with functions from the Kubernetes API (`KUBECONFIG` or in-cluster) and
+/// the local backend until `shutdown` resolves.
+pub async fn run(
+    config: ExecutorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let client = kube::Client::try_default().await.map_err(ServiceError::Kube)?;
+    run_with(config, KubeFunctions::new(client), shutdown).await
+}
+
+/// Runs the executor with `functions` as the source of functions.
+pub async fn run_with<S: FunctionSource>(
+    config: ExecutorConfig,
+    functions: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let shutdown = shutdown.boxed().shared();
+    let store = Store::connect(&StoreConfig::new(config.database_url.clone())).await?;
+    store.migrate().await?;
+    let redis = redis::Client::open(config.redis_url.as_str()).map_err(ServiceError::Redis)?;
+    let queue_config =
+        QueueConfig { prefix: config.queue_prefix.clone(), ..QueueConfig::default() };
+    let queue = Queue::connect(redis, &queue_config).await?;
+
+    let mut driver_config = DriverConfig::under(&config.work_dir);
+    driver_config.sandbox = config.sandbox;
+    let driver = Driver::new(driver_config).map_err(ServiceError::Driver)?;
+    tracing::info!(sandbox = ?driver.sandbox(), "runtime driver ready");
+    let pool = Arc::new(Pool::new(driver));
+    let reaper = pool.spawn_reaper(Duration::from_secs(5));
+
+    let metrics = Arc::new(ExecutorMetrics::default());
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| ServiceError::Serve { addr: config.http_addr, source })?;
+    let http_addr = listener.local_addr().unwrap_or(config.http_addr);
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(AppState {
+            store: store.clone(),
+            queue: queue.clone(),
+            metrics: Arc::clone(&metrics),
+        });
+    let http = tokio::spawn(
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone()).into_future(),
+    );
+
+    let stats = {
+        let (queue, metrics) = (queue.clone(), Arc::clone(&metrics));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                if let Ok(stats) = queue.stats().await {
+                    metrics.queue(&stats);
+                }
+            }
+        })
+    };
+
+    tracing::info!(name = %config.worker.name, http = %http_addr, "kubefaas-executor running");
+    let worker =
+        Worker::new(config.worker.clone(), store, queue, Arc::clone(&pool), functions, metrics);
+    let result = worker.run(shutdown, config.grace).await;
+    stats.abort();
+    reaper.abort();
+    pool.clear();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(ServiceError::Serve { addr: http_addr, source }),
+        Err(join) => tracing::warn!(error = %join, "HTTP task ended abnormally"),
+    }
+    Ok(result?)
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    queue: Queue,
+    metrics: Arc<ExecutorMetrics>,
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    match kubefaas_core::service::readiness(&state.store, &state.queue).await {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(problems) => (StatusCode::SERVICE_UNAVAILABLE, problems),
+    }
+}

@@ -1,0 +1,636 @@
+//! The queue consumer: claims invocations from Redis, runs them on the pool under a lease in
+//! PostgreSQL, and commits the outcome.
+//!
+//! One delivery goes through:
+//!
+//! 1. `store.claim` — the compare-and-set `queued → running` (or takeover of an expired lease).
+//!    A duplicate of a finished invocation, or one another executor holds, is acknowledged and
+//!    dropped: the row, not the message, decides who runs it.
+//! 2. resolve the function (code, limits, scaling, retry policy) through a [`FunctionSource`].
+//! 3. run it on the [`Pool`] while a task renews the lease.
+//! 4. commit: `store.complete` (only the lease holder's attempt is accepted), publish the
+//!    completion, acknowledge the message. Retryable failures go back through
+//!    `store.retry_later` and the queue's delayed set with exponential backoff.
+//!
+//! Background duties run beside the consumer loop: reclaiming messages of dead executors
+//! (`XAUTOCLAIM`, poison messages to the dead-letter stream and the row to `failed`), promoting due
+//! retries, trimming the stream, and sweeping PostgreSQL for rows stuck in `queued` or running
+//! under an expired lease (re-enqueued; covers a Redis that lost data).
+//!
+//! A process that dies at any point loses nothing: its messages stay pending in the consumer
+//! group until reclaimed, and its leases expire.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use kubefaas_core::{
+    queue::{Backoff, Consumer, Delivery, Job, Queue, QueueError},
+    resources::{InvocationMetrics, RetryPolicy},
+    store::{Claim, InvocationRow, Lease, Outcome, Status, Store, StoreError},
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+    time::MissedTickBehavior,
+};
+use uuid::Uuid;
+
+use crate::{
+    FunctionSpec, Invocation, Pool, Request, Scaling,
+    error::{error_types, platform_error},
+};
+
+/// Failures of the worker itself (not of functions).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A queue operation failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The function could not be resolved for a reason other than its absence.
+    #[error("resolving function {namespace}/{name}: {message}")]
+    Resolve {
+        /// Namespace of the function.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A function ready to run: what the pool needs, plus how its invocations are scheduled.
+#[derive(Clone, Debug)]
+pub struct ResolvedFunction {
+    /// The function's row id; a job for another id (an older function of the same name) is not
+    /// run with this one.
+    pub id: Uuid,
+    /// Code, handler, limits and environment.
+    pub spec: Arc<FunctionSpec>,
+    /// Warm instances and their bounds.
+    pub scaling: Scaling,
+    /// Most invocations of the function running at once on this executor.
+    pub max_concurrency: usize,
+    /// When failures are tried again.
+    pub retry: RetryPolicy,
+}
+
+/// Where the worker finds functions: the Kubernetes API in a cluster (see
+/// [`crate::functions::KubeFunctions`]), a fixed table in tests.
+pub trait FunctionSource: Send + Sync + 'static {
+    /// The function `namespace/name`, or `None` when it does not exist (or is being deleted).
+    fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Arc<ResolvedFunction>>, WorkerError>> + Send;
+}
+
+/// How the worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// This executor's name: its consumer name in the group and the lease owner.
+    pub name: String,
+    /// Most invocations in flight at once.
+    pub max_in_flight: usize,
+    /// Lease length; renewed every third of it while the invocation runs.
+    pub lease: Duration,
+    /// How long one blocking read of the queue waits.
+    pub block: Duration,
+    /// How often reclaim, promotion of due retries and trimming run.
+    pub maintenance_interval: Duration,
+    /// How often PostgreSQL is swept for stuck invocations.
+    pub sweep_interval: Duration,
+    /// A `queued` row due longer than this without a claim is re-enqueued.
+    pub stuck_after: Duration,
+    /// Backoff of retried invocations (the function's `retry.backoffSeconds` sets the base).
+    pub max_backoff: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for an executor called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            max_in_flight: 16,
+            lease: Duration::from_secs(30),
+            block: Duration::from_secs(2),
+            maintenance_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(15),
+            stuck_after: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What happened to one delivery, for metrics and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Ran and committed with this final status.
+    Finished(Status),
+    /// Ran and failed retryably; it comes back after the delay.
+    Retrying(Duration),
+    /// Not run: finished already, held by another executor, or its row is gone.
+    Dropped,
+    /// Not run now: its row is not released to the queue yet; the message comes back later.
+    Deferred,
+}
+
+/// Observes what the worker does (the executor's metrics implement it).
+pub trait WorkerObserver: Send + Sync + 'static {
+    /// One delivery was handled.
+    fn handled(&self, _function: &str, _handled: &Handled, _run: Option<&Invocation>) {}
+}
+
+/// An observer that observes nothing.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+impl WorkerObserver for NoObserver {}
+
+/// The consumer and its background duties.
+#[derive(Debug)]
+pub struct Worker<S, O = NoObserver> {
+    config: WorkerConfig,
+    store: Store,
+    queue: Queue,
+    pool: Arc<Pool>,
+    functions: S,
+    observer: O,
+    concurrency: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+}
+
+impl<S: FunctionSource, O: WorkerObserver> Worker<S, O> {
+    /// A worker over these parts.
+    pub fn new(
+        config: WorkerConfig,
+        store: Store,
+        queue: Queue,
+        pool: Arc<Pool>,
+        functions: S,
+        observer: O,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            queue,
+            pool,
+            functions,
+            observer,
+            concurrency: Mutex::default(),
+        })
+    }
+
+    /// Consumes the queue until `shutdown` resolves, then stops claiming and gives in-flight
+    /// invocations up to `grace` to finish. Whatever is still running then is abandoned: its
+    /// messages stay pending and its leases expire, so another executor takes it over.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send,
+        grace: Duration,
+    ) -> Result<(), WorkerError> {
+        self.queue.ensure_group().await?;
+        let mut consumer = self.queue.consumer(self.config.name.clone()).await?;
+        let slots = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
+        let mut running = JoinSet::new();
+        let background = tokio::spawn(Arc::clone(&self).background(Arc::clone(&slots)));
+        tokio::pin!(shutdown);
+        loop {
+            // Claim only as many as there are free slots, so nothing claimed waits on us.
+            let free = tokio::select! {
+                () = &mut shutdown => break,
+                permit = Arc::clone(&slots).acquire_many_owned(1) => match permit {
+                    Ok(permit) => { drop(permit); slots.available_permits() }
+                    Err(_) => break,
+                },
+            };
+            let deliveries = tokio::select! {
+                () = &mut shutdown => break,
+                claimed = consumer.claim(free, self.config.block) => claimed,
+            };
+            let deliveries = match deliveries {
+                Ok(deliveries) => deliveries,
+                Err(error) => {
+                    tracing::warn!(error = %error, "claiming from the queue failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            for delivery in deliveries {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { break };
+                running.spawn(Arc::clone(&self).process_holding(delivery, permit));
+            }
+            while running.try_join_next().is_some() {}
+        }
+        background.abort();
+        tracing::info!(
+            in_flight = running.len(),
+            ?grace,
+            "stopping: finishing in-flight invocations"
+        );
+        let drained =
+            tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = running.len(),
+                "grace period over; abandoning in-flight invocations to other executors"
+            );
+            running.abort_all();
+        }
+        Ok(())
+    }
+
+    /// Processes one delivery while holding an in-flight slot; failures are logged, and the
+    /// message stays pending for a later reclaim.
+    async fn process_holding(self: Arc<Self>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
+        let id = delivery.job.invocation_id;
+        if let Err(error) = self.process(delivery).await {
+            // The message stays pending: it is reclaimed and tried again.
+            tracing::warn!(invocation = %id, error = %error, "handling invocation failed");
+        }
+    }
+
+    /// Handles one delivery from claim to acknowledgement.
+    pub async fn process(&self, delivery: Delivery) -> Result<Handled, WorkerError> {
+        let job = delivery.job.clone();
+        let (lease, row) = match self
+            .store
+            .claim(job.invocation_id, &self.config.name, self.config.lease)
+            .await?
+        {
+            Claim::Acquired { lease, invocation } => (lease, invocation),
+            Claim::NotQueued => {
+                // Enqueued before the row was released (should not happen); look again later.
+                self.queue.retry_later(&delivery, Duration::from_secs(1)).await?;
+                return Ok(self.observe(&job, Handled::Deferred, None));
+            }
+            Claim::Finished(_) | Claim::HeldElsewhere { .. } | Claim::Missing => {
+                self.queue.ack(&delivery).await?;
+                return Ok(self.observe(&job, Handled::Dropped, None));
+            }
+        };
+
+        let function = match self.functions.resolve(&job.namespace, &job.function).await {
+            Ok(Some(function)) if function.id == job.function_id => function,
+            Ok(_) => {
+                let error = platform_error(
+                    "FunctionNotFound",
+                    format!("function {}/{} no longer exists", job.namespace, job.function),
+                );
+                return self
+                    .commit(&delivery, &lease, Outcome::failed(Status::Failed, error), None)
+                    .await;
+            }
+            Err(error) => {
+                // The platform's fault: try again later without spending one of the function's
+                // attempts on it... the claim already counted one, so give it back as a retry.
+                tracing::warn!(invocation = %job.invocation_id, error = %error, "cannot resolve function");
+                let delay = Duration::from_secs(5);
+                let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
+                return self.retry(&delivery, &lease, &row, failure, delay).await;
+            }
+        };
+
+        let request = Request {
+            id: job.invocation_id.to_string(),
+            payload: row.payload.clone().unwrap_or(serde_json::Value::Null),
+            timeout: Duration::from_secs(u64::try_from(row.timeout_seconds).unwrap_or(1).max(1)),
+        };
+        let run = {
+            let _slot = self.function_slot(&job, &function).acquire_owned().await;
+            let renewer = self.renew_while_running(lease.clone());
+            let run =
+                self.pool.invoke(Arc::clone(&function.spec), function.scaling, &request).await;
+            renewer.abort();
+            run
+        };
+        let run = match run {
+            Ok(run) => run,
+            Err(error) => {
+                let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
+                return match decide_retry(
+                    &failure,
+                    lease.attempt,
+                    row.max_attempts,
+                    &function.retry,
+                    self.config.max_backoff,
+                ) {
+                    Some(delay) => self.retry(&delivery, &lease, &row, failure, delay).await,
+                    None => {
+                        self.commit(
+                            &delivery,
+                            &lease,
+                            Outcome::failed(Status::Failed, failure),
+                            None,
+                        )
+                        .await
+                    }
+                };
+            }
+        };
+        let outcome = outcome_of(&run);
+        if let Some(error) = outcome.error.clone()
+            && outcome.status == Some(Status::Failed)
+            && let Some(delay) = decide_retry(
+                &error,
+                lease.attempt,
+                row.max_attempts,
+                &function.retry,
+                self.config.max_backoff,
+            )
+        {
+            return self.retry(&delivery, &lease, &row, error, delay).await;
+        }
+        self.commit(&delivery, &lease, outcome, Some(&run)).await
+    }
+
+    async fn commit(
+        &self,
+        delivery: &Delivery,
+        lease: &Lease,
+        outcome: Outcome,
+        run: Option<&Invocation>,
+    ) -> Result<Handled, WorkerError> {
+        let job = &delivery.job;
+        match self.store.complete(lease, &outcome).await? {
+            Some(row) => {
+                self.queue.publish_completion(row.id, row.status.as_str()).await?;
+                self.queue.ack(delivery).await?;
+                Ok(self.observe(job, Handled::Finished(row.status), run))
+            }
+            None => {
+                // Our lease was taken over (we were too slow, or presumed dead): the other
+                // holder's outcome stands.
+                tracing::warn!(invocation = %job.invocation_id, attempt = lease.attempt, "lost the lease; discarding this attempt's outcome");
+                self.queue.ack(delivery).await?;
+                Ok(self.observe(job, Handled::Dropped, run))
+            }
+        }
+    }
+
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        lease: &Lease,
+        row: &InvocationRow,
+        error: kubefaas_core::resources::InvocationError,
+        delay: Duration,
+    ) -> Result<Handled, WorkerError> {
+        if self.store.retry_later(lease, &error, delay).await? {
+            self.queue.retry_later(delivery, delay).await?;
+            tracing::info!(invocation = %row.id, attempt = lease.attempt, ?delay, error = %error.type_, "retrying");
+            Ok(self.observe(&delivery.job, Handled::Retrying(delay), None))
+        } else {
+            self.queue.ack(delivery).await?;
+            Ok(self.observe(&delivery.job, Handled::Dropped, None))
+        }
+    }
+
+    fn observe(&self, job: &Job, handled: Handled, run: Option<&Invocation>) -> Handled {
+        self.observer.handled(&job.function, &handled, run);
+        handled
+    }
+
+    /// The per-function limit of `maxConcurrency`, resized when the function's changes.
+    fn function_slot(&self, job: &Job, function: &ResolvedFunction) -> Arc<Semaphore> {
+        let key = format!("{}/{}", job.namespace, job.function);
+        let limit = function.max_concurrency.max(1);
+        let mut slots = self.concurrency.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = slots.entry(key).or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+        if entry.0 != limit {
+            *entry = (limit, Arc::new(Semaphore::new(limit)));
+        }
+        Arc::clone(&entry.1)
+    }
+
+    fn renew_while_running(&self, lease: Lease) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let lease_for = self.config.lease;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval((lease_for / 3).max(Duration::from_millis(100)));
+            every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match store.renew_lease(&lease, lease_for).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!(invocation = %lease.invocation_id, "lease lost while running");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(invocation = %lease.invocation_id, error = %error, "renewing lease failed")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Reclaim, promotion, trimming and sweeping, forever.
+    async fn background(self: Arc<Self>, slots: Arc<Semaphore>) {
+        let mut maintenance = tokio::time::interval(self.config.maintenance_interval);
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        maintenance.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut reclaimer = match self.queue.consumer(self.config.name.clone()).await {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot open the reclaiming consumer; reclaim disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = maintenance.tick() => {
+                    if let Err(error) = self.maintain(&mut reclaimer, &slots).await {
+                        tracing::warn!(error = %error, "queue maintenance failed");
+                    }
+                }
+                _ = sweep.tick() => {
+                    if let Err(error) = self.sweep().await {
+                        tracing::warn!(error = %error, "sweeping for stuck invocations failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round of queue maintenance: promote due retries, reclaim abandoned messages (and
+    /// fail the rows of poison messages), trim.
+    pub async fn maintain(
+        self: &Arc<Self>,
+        reclaimer: &mut Consumer,
+        slots: &Arc<Semaphore>,
+    ) -> Result<(), WorkerError> {
+        self.queue.promote_due(1000).await?;
+        let free = slots.available_permits();
+        if free > 0 {
+            // Idle longer than a lease: its executor stopped renewing, so it is presumed dead.
+            let reclaimed =
+                reclaimer.reclaim(self.config.lease + self.config.lease / 2, free).await?;
+            for dead in &reclaimed.dead_lettered {
+                let Some(job) = &dead.job else { continue };
+                let error = platform_error(
+                    "DeadLettered",
+                    format!("given up after {} deliveries without an outcome", dead.attempts),
+                );
+                if let Some(row) = self.store.fail_unclaimed(job.invocation_id, &error).await? {
+                    self.queue.publish_completion(row.id, row.status.as_str()).await?;
+                }
+            }
+            for delivery in reclaimed.deliveries {
+                let Ok(permit) = Arc::clone(slots).acquire_owned().await else { break };
+                tokio::spawn(Arc::clone(self).process_holding(delivery, permit));
+            }
+        }
+        self.queue.trim().await?;
+        Ok(())
+    }
+
+    /// One sweep of PostgreSQL: re-enqueue rows stuck in `queued` and rows whose lease expired.
+    /// Duplicate messages are harmless: the claim decides.
+    pub async fn sweep(&self) -> Result<usize, WorkerError> {
+        let mut rows = self.store.stuck_queued(self.config.stuck_after, 100).await?;
+        rows.extend(self.store.expired_leases(self.config.lease, 100).await?);
+        for row in &rows {
+            let mut job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
+            job.attempt = u32::try_from(row.attempts).unwrap_or(0) + 1;
+            self.queue.enqueue(&job).await?;
+        }
+        if !rows.is_empty() {
+            tracing::info!(count = rows.len(), "re-enqueued stuck invocations");
+        }
+        Ok(rows.len())
+    }
+}
+
+/// The final outcome of a run, as the store records it.
+pub fn outcome_of(run: &Invocation) -> Outcome {
+    let metrics = Some(InvocationMetrics {
+        duration_ms: Some(i64::try_from(run.metrics.duration.as_millis()).unwrap_or(i64::MAX)),
+        cpu_time_ms: run.metrics.cpu_time.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+        memory_peak_bytes: run
+            .metrics
+            .memory_peak_bytes
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        cold_start: Some(run.metrics.cold_start),
+    });
+    let logs = (!run.logs.is_empty()).then(|| run.logs.clone());
+    match &run.outcome {
+        Ok(value) => Outcome { metrics, logs, ..Outcome::succeeded(Some(value.clone())) },
+        Err(error) => {
+            let status = if error.type_ == error_types::TIMED_OUT {
+                Status::TimedOut
+            } else {
+                Status::Failed
+            };
+            Outcome { metrics, logs, ..Outcome::failed(status, error.clone()) }
+        }
+    }
+}
+
+/// Failures of the platform rather than of the function: worth another attempt.
+fn is_platform_failure(error: &kubefaas_core::resources::InvocationError) -> bool {
+    [error_types::INSTANCE_START_FAILED, error_types::PROTOCOL].contains(&error.type_.as_str())
+}
+
+/// Failures that retrying cannot fix whatever the policy says: the code does not load or build,
+/// or the result cannot be delivered.
+fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
+    [
+        error_types::INIT_FAILED,
+        error_types::BUILD_FAILED,
+        error_types::RESULT_NOT_SERIALIZABLE,
+        error_types::RESULT_TOO_LARGE,
+        "FunctionNotFound",
+    ]
+    .contains(&error.type_.as_str())
+}
+
+/// Whether a failed attempt is tried again, and after how long. Platform failures are retried;
+/// the function's own failures (its exceptions, crashes, running out of memory) only when its
+/// retry policy says `onFunctionError`. Never past `max_attempts`.
+pub fn decide_retry(
+    error: &kubefaas_core::resources::InvocationError,
+    attempt: i32,
+    max_attempts: i32,
+    policy: &RetryPolicy,
+    max_backoff: Duration,
+) -> Option<Duration> {
+    if attempt >= max_attempts || is_permanent(error) || error.type_ == error_types::TIMED_OUT {
+        return None;
+    }
+    if !is_platform_failure(error) && !policy.on_function_error {
+        return None;
+    }
+    let base = Duration::from_secs(u64::try_from(policy.backoff_seconds).unwrap_or(1).max(1));
+    let backoff = Backoff { base, cap: max_backoff.max(base), jitter: false };
+    Some(backoff.delay(u32::try_from(attempt).unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Metrics;
+
+    fn policy(on_function_error: bool) -> RetryPolicy {
+        RetryPolicy { max_attempts: 3, backoff_seconds: 2, on_function_error }
+    }
+
+    #[test]
+    fn platform_failures_are_retried_with_growing_backoff_until_the_attempts_run_out() {
+        let lost = platform_error(error_types::INSTANCE_START_FAILED, "spawn failed");
+        let cap = Duration::from_secs(300);
+        let first = decide_retry(&lost, 1, 3, &policy(false), cap).unwrap();
+        let second = decide_retry(&lost, 2, 3, &policy(false), cap).unwrap();
+        assert!(second > first, "{first:?} then {second:?}");
+        assert_eq!(decide_retry(&lost, 3, 3, &policy(false), cap), None);
+    }
+
+    #[test]
+    fn function_errors_are_retried_only_when_the_function_asks() {
+        let raised = platform_error("ValueError", "bad input");
+        let cap = Duration::from_secs(300);
+        assert_eq!(decide_retry(&raised, 1, 3, &policy(false), cap), None);
+        assert!(decide_retry(&raised, 1, 3, &policy(true), cap).is_some());
+        let oom = platform_error(error_types::OUT_OF_MEMORY, "killed");
+        assert_eq!(decide_retry(&oom, 1, 3, &policy(false), cap), None);
+    }
+
+    #[test]
+    fn timeouts_and_broken_code_are_never_retried() {
+        let cap = Duration::from_secs(300);
+        for kind in [error_types::TIMED_OUT, error_types::INIT_FAILED, error_types::BUILD_FAILED] {
+            assert_eq!(
+                decide_retry(&platform_error(kind, "x"), 1, 5, &policy(true), cap),
+                None,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_timeout_is_recorded_as_timed_out_and_metrics_are_kept() {
+        let run = Invocation {
+            outcome: Err(platform_error(error_types::TIMED_OUT, "deadline")),
+            logs: "partial\n".into(),
+            logs_truncated: false,
+            metrics: Metrics {
+                duration: Duration::from_millis(1500),
+                cold_start: true,
+                ..Metrics::default()
+            },
+        };
+        let outcome = outcome_of(&run);
+        assert_eq!(outcome.status, Some(Status::TimedOut));
+        assert_eq!(outcome.logs.as_deref(), Some("partial\n"));
+        let metrics = outcome.metrics.unwrap();
+        assert_eq!((metrics.duration_ms, metrics.cold_start), (Some(1500), Some(true)));
+    }
+}

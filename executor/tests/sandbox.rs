@@ -1,0 +1,95 @@
+//! What the local sandbox enforces, checked from inside a real python instance. This host gives
+//! the suite writable cgroups and namespaces (as root); without them these tests fail.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use kubefaas_executor::{Limits, Mechanism};
+use serde_json::json;
+use support::{driver, eventually, python, request, start};
+
+const PROBE: &str = r#"
+import os, threading, time
+
+def handler(event, context):
+    if event.get("threads"):
+        started = 0
+        try:
+            for _ in range(event["threads"]):
+                threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
+                started += 1
+        except RuntimeError as exc:
+            return {"started": started, "error": str(exc)}
+        return {"started": started}
+    procs = [p for p in os.listdir("/proc") if p.isdigit()]
+    with open("/proc/self/cgroup") as f:
+        cgroup = f.read()
+    return {
+        "pid": os.getpid(),
+        "procs": len(procs),
+        "cwd_files": sorted(os.listdir(".")),
+        "tmp": os.environ["TMPDIR"],
+        "home": os.environ["HOME"],
+        "env_names": sorted(os.environ),
+        "cgroup": cgroup,
+    }
+"#;
+
+#[tokio::test]
+async fn host_gives_cgroups_and_namespaces_and_the_report_says_so() {
+    let report = driver().sandbox().clone();
+    assert!(matches!(report.memory, Mechanism::CgroupV1 | Mechanism::CgroupV2), "{report:?}");
+    assert_eq!(report.cpu, report.memory, "{report:?}");
+    assert_eq!(report.pids, report.memory, "{report:?}");
+    assert!(report.namespaces, "{report:?}");
+}
+
+#[tokio::test]
+async fn instance_sees_only_its_code_its_processes_and_a_minimal_environment() {
+    let mut instance = start(python("sandbox-probe", PROBE)).await;
+    let invocation = instance.invoke(&request(json!({}))).await;
+    let value = invocation.outcome.expect("probe");
+    assert_eq!(value["cwd_files"], json!(["main.py"]), "the working dir holds only the code");
+    assert_eq!(value["pid"], json!(1), "own PID namespace: the interpreter is its init");
+    assert!(value["procs"].as_u64().unwrap() <= 2, "no host processes visible: {value}");
+    let tmp = value["tmp"].as_str().unwrap();
+    assert!(tmp.contains(instance.id()), "private tmp per instance: {tmp}");
+    assert_eq!(value["home"], value["tmp"]);
+    let names: Vec<&str> =
+        value["env_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for name in &names {
+        assert!(
+            ["PATH", "PWD", "LANG", "TZ", "HOME", "TMPDIR", "LAMBDA_TASK_ROOT", "LC_CTYPE"]
+                .contains(name)
+                || name.starts_with("KUBEFAAS_")
+                || name.starts_with("AWS_LAMBDA_"),
+            "unexpected variable {name} in {names:?}"
+        );
+    }
+    // The instance runs in its own memory cgroup, which is gone once the instance is.
+    let cgroup = value["cgroup"].as_str().unwrap();
+    let memory_path = cgroup
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+        .expect("memory cgroup line");
+    assert!(memory_path.ends_with(instance.id()), "{memory_path}");
+    let dir =
+        std::path::Path::new("/sys/fs/cgroup/memory").join(memory_path.trim_start_matches('/'));
+    assert!(dir.exists(), "{}", dir.display());
+    drop(instance);
+    assert!(eventually(Duration::from_secs(5), || !dir.exists()).await, "cgroup removed");
+}
+
+#[tokio::test]
+async fn pids_limit_stops_a_thread_bomb() {
+    let mut spec = python("sandbox-pids", PROBE);
+    spec.limits = Limits { pids: 16, ..Limits::default() };
+    let mut instance = start(spec).await;
+    let invocation = instance.invoke(&request(json!({"threads": 100}))).await;
+    let value = invocation.outcome.expect("probe");
+    let started = value["started"].as_u64().unwrap();
+    assert!(started < 16, "at most the pids limit: {value}");
+    assert!(value["error"].as_str().unwrap().contains("thread"), "{value}");
+}

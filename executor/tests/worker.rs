@@ -1,0 +1,342 @@
+//! The queue consumer end to end against real PostgreSQL (`DATABASE_URL`), Redis (`REDIS_URL`)
+//! and python: an invocation recorded and enqueued the way the operator does it is claimed, run,
+//! committed and announced; failures, timeouts, duplicates, dead executors and lost messages
+//! end where the lifecycle says.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kubefaas_core::{
+    queue::{Completions, Job, Queue, QueueConfig, Waited},
+    resources::RetryPolicy,
+    store::{
+        CodeSource, FunctionRecord, InvocationRow, NewInvocation, Source, Status, Store,
+        StoreConfig,
+    },
+};
+use kubefaas_executor::{
+    Pool, Scaling,
+    worker::{FunctionSource, ResolvedFunction, Worker, WorkerConfig, WorkerError},
+};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Bound on waits, only so a broken worker fails instead of hanging.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests need real PostgreSQL and Redis (run `make test`)")
+    })
+}
+
+/// Functions from a table, as the Kubernetes API would resolve them.
+#[derive(Clone, Default)]
+struct Table(Arc<Mutex<HashMap<String, Arc<ResolvedFunction>>>>);
+
+impl FunctionSource for Table {
+    async fn resolve(
+        &self,
+        _namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<ResolvedFunction>>, WorkerError> {
+        Ok(self.0.lock().unwrap().get(name).cloned())
+    }
+}
+
+struct Harness {
+    store: Store,
+    queue: Queue,
+    redis: redis::Client,
+    functions: Table,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let schema = format!("exec_{}", Uuid::new_v4().simple());
+        let admin = Store::connect(&StoreConfig::new(env("DATABASE_URL"))).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(admin.pool())
+            .await
+            .unwrap();
+        let mut config = StoreConfig::new(env("DATABASE_URL"));
+        config.schema = Some(schema);
+        let store = Store::connect(&config).await.unwrap();
+        store.migrate().await.unwrap();
+        let redis = redis::Client::open(env("REDIS_URL")).unwrap();
+        let config = QueueConfig {
+            prefix: format!("exec-test-{}", Uuid::new_v4().simple()),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::connect(redis.clone(), &config).await.unwrap();
+        queue.ensure_group().await.unwrap();
+        Self { store, queue, redis, functions: Table::default() }
+    }
+
+    /// Registers a python function (row and resolvable spec).
+    async fn function(&self, name: &str, source: &str, timeout_seconds: i32) -> Uuid {
+        let record = FunctionRecord {
+            id: Uuid::new_v4(),
+            namespace: "default".into(),
+            name: name.into(),
+            version: "1.0.0".into(),
+            runtime: "python".into(),
+            handler: "main.handler".into(),
+            code_source: CodeSource::Inline,
+            code_location: None,
+            code_checksum: "00".into(),
+            code_size: i64::try_from(source.len()).unwrap(),
+            timeout_seconds,
+            memory_mb: 128,
+            cpu_millis: 500,
+            max_concurrency: 4,
+            environment: BTreeMap::new(),
+            metadata: json!({}),
+        };
+        let (row, _) = self.store.upsert_function(&record).await.unwrap();
+        let mut spec = support::python(name, source);
+        spec.limits.cpu_millis = 500;
+        let resolved = ResolvedFunction {
+            id: row.record.id,
+            spec: Arc::new(spec),
+            scaling: Scaling::default(),
+            max_concurrency: 4,
+            retry: RetryPolicy { max_attempts: 3, backoff_seconds: 1, on_function_error: false },
+        };
+        self.functions.0.lock().unwrap().insert(name.into(), Arc::new(resolved));
+        row.record.id
+    }
+
+    /// Records an invocation and releases it to the queue, as the operator does.
+    async fn invoke(&self, function_id: Uuid, name: &str, payload: Value, timeout: i32) -> Uuid {
+        let id = self.record(function_id, name, payload, timeout).await;
+        assert!(self.store.mark_queued(id).await.unwrap());
+        self.queue.enqueue(&Job::new(id, function_id, "default", name)).await.unwrap();
+        id
+    }
+
+    async fn record(&self, function_id: Uuid, name: &str, payload: Value, timeout: i32) -> Uuid {
+        let new = NewInvocation {
+            id: Uuid::new_v4(),
+            function_id,
+            namespace: "default".into(),
+            function_name: name.into(),
+            resource_name: None,
+            source: Source::Sync,
+            payload: Some(payload),
+            headers: BTreeMap::new(),
+            timeout_seconds: timeout,
+            max_attempts: 3,
+        };
+        self.store.create_invocation(&new).await.unwrap().into_row().id
+    }
+
+    fn worker_config(&self, name: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new(name);
+        config.block = Duration::from_millis(200);
+        config.maintenance_interval = Duration::from_millis(200);
+        config.sweep_interval = Duration::from_millis(200);
+        config
+    }
+
+    /// Starts a worker; dropping the returned sender stops it.
+    fn start(&self, config: WorkerConfig) -> oneshot::Sender<()> {
+        let worker = Worker::new(
+            config,
+            self.store.clone(),
+            self.queue.clone(),
+            Arc::new(Pool::new(support::driver())),
+            self.functions.clone(),
+            kubefaas_executor::worker::NoObserver,
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(worker.run(
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
+        stop
+    }
+
+    /// Waits for the invocation to finish, woken by its completion notice.
+    async fn finished(&self, id: Uuid) -> InvocationRow {
+        let (completions, _listener) =
+            Completions::start(self.redis.clone(), self.queue.keys()).await.unwrap();
+        let store = self.store.clone();
+        let waited = completions
+            .wait(id, HANG_GUARD, || {
+                let store = store.clone();
+                async move {
+                    let row = store.invocation(id).await?;
+                    Ok::<_, kubefaas_core::store::StoreError>(
+                        row.filter(|r| r.status.is_terminal()),
+                    )
+                }
+            })
+            .await
+            .unwrap();
+        match waited {
+            Waited::Finished(row) => row,
+            Waited::TimedOut => panic!("invocation {id} did not finish within {HANG_GUARD:?}"),
+        }
+    }
+
+    async fn pending(&self) -> u64 {
+        self.queue.stats().await.unwrap().pending
+    }
+}
+
+const GREETER: &str = r#"
+def handler(event, context):
+    print("greeting", event["name"])
+    return {"greeting": "hello " + event["name"], "request": context.aws_request_id}
+"#;
+
+const RAISER: &str = r#"
+def handler(event, context):
+    raise ValueError("no good: " + str(event))
+"#;
+
+const SLEEPER: &str = r#"
+import time
+def handler(event, context):
+    time.sleep(event["sleep"])
+    return "woke"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_invocation_runs_and_its_outcome_is_committed_and_announced() {
+    let h = Harness::new().await;
+    let function = h.function("greeter", GREETER, 30).await;
+    let _worker = h.start(h.worker_config("exec-a"));
+    let id = h.invoke(function, "greeter", json!({"name": "world"}), 30).await;
+
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Succeeded);
+    assert_eq!(row.result, Some(json!({"greeting": "hello world", "request": id.to_string()})));
+    assert_eq!(row.attempts, 1);
+    assert!(row.logs.as_deref().unwrap_or_default().contains("greeting world"), "{:?}", row.logs);
+    let metrics = row.metrics.expect("metrics recorded");
+    assert!(metrics.duration_ms.is_some());
+    assert_eq!(metrics.cold_start, Some(true));
+    assert_eq!(row.lease_owner, None);
+
+    // The message was acknowledged.
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while h.pending().await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "message never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raising_function_fails_once_with_its_error_type_and_stack() {
+    let h = Harness::new().await;
+    let function = h.function("raiser", RAISER, 30).await;
+    let _worker = h.start(h.worker_config("exec-a"));
+    let id = h.invoke(function, "raiser", json!({"n": 1}), 30).await;
+
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Failed);
+    let error = row.error.unwrap();
+    assert_eq!(error.type_, "ValueError");
+    assert!(error.message.contains("no good"), "{}", error.message);
+    assert!(error.stack.unwrap_or_default().contains("main.py"));
+    assert_eq!(row.attempts, 1, "function errors are not retried by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_past_its_deadline_ends_timed_out() {
+    let h = Harness::new().await;
+    let function = h.function("sleeper", SLEEPER, 1).await;
+    let _worker = h.start(h.worker_config("exec-a"));
+    let id = h.invoke(function, "sleeper", json!({"sleep": 30}), 1).await;
+
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::TimedOut);
+    assert_eq!(row.error.unwrap().type_, "TimedOut");
+    let duration = row.metrics.unwrap().duration_ms.unwrap();
+    assert!((1000..10_000).contains(&duration), "killed near its 1 s deadline, took {duration} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_of_a_deleted_function_fails_with_function_not_found() {
+    let h = Harness::new().await;
+    let function = h.function("gone", GREETER, 30).await;
+    h.functions.0.lock().unwrap().clear();
+    let _worker = h.start(h.worker_config("exec-a"));
+    let id = h.invoke(function, "gone", json!({"name": "x"}), 30).await;
+
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Failed);
+    assert_eq!(row.error.unwrap().type_, "FunctionNotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_message_runs_the_invocation_only_once() {
+    let h = Harness::new().await;
+    let function = h.function("greeter", GREETER, 30).await;
+    let id = h.invoke(function, "greeter", json!({"name": "once"}), 30).await;
+    // A second copy, as after an operator crash between enqueue and its bookkeeping.
+    h.queue.enqueue(&Job::new(id, function, "default", "greeter")).await.unwrap();
+    let _worker = h.start(h.worker_config("exec-a"));
+
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Succeeded);
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while h.pending().await != 0 || h.queue.stats().await.unwrap().undelivered != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "duplicate never consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.store.invocation(id).await.unwrap().unwrap().attempts, 1, "ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_of_a_dead_executor_is_taken_over_after_its_lease() {
+    let h = Harness::new().await;
+    let function = h.function("greeter", GREETER, 30).await;
+    let id = h.invoke(function, "greeter", json!({"name": "again"}), 30).await;
+
+    // An executor claims the message and the row, then dies without a word.
+    let mut dead = h.queue.consumer("exec-dead").await.unwrap();
+    assert_eq!(dead.claim(1, Duration::from_secs(1)).await.unwrap().len(), 1);
+    let lease_for = Duration::from_millis(300);
+    assert!(matches!(
+        h.store.claim(id, "exec-dead", lease_for).await.unwrap(),
+        kubefaas_core::store::Claim::Acquired { .. }
+    ));
+    drop(dead);
+
+    let mut config = h.worker_config("exec-b");
+    config.lease = lease_for;
+    let _worker = h.start(config);
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Succeeded);
+    assert_eq!(row.attempts, 2, "the takeover is the second attempt");
+    assert_eq!(row.result.unwrap()["greeting"], "hello again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_invocation_whose_message_was_lost_is_swept_back_onto_the_queue() {
+    let h = Harness::new().await;
+    let function = h.function("greeter", GREETER, 30).await;
+    // Released in PostgreSQL but never (or no longer) in Redis.
+    let id = h.record(function, "greeter", json!({"name": "lost"}), 30).await;
+    assert!(h.store.mark_queued(id).await.unwrap());
+
+    let mut config = h.worker_config("exec-a");
+    config.stuck_after = Duration::from_millis(100);
+    let _worker = h.start(config);
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Succeeded);
+    assert_eq!(row.result.unwrap()["greeting"], "hello lost");
+}

@@ -1,0 +1,292 @@
+//! `kubefaas-operator`: reconciles `Function` and `Invocation` resources.
+//!
+//! - The **function controller** validates a Function, stores its code in an owned
+//!   ConfigMap, records it in PostgreSQL and reports readiness in its status. A finalizer marks
+//!   the row deleted when the Function goes (its history stays).
+//! - The **invocation controller** waits (bounded) for the referenced function to
+//!   be ready, records the invocation in PostgreSQL (idempotent on the object's uid), puts it on
+//!   the Redis queue, and mirrors the outcome from PostgreSQL into the status as soon as the
+//!   executor publishes the completion. Finished invocations are deleted after
+//!   `ttlSecondsAfterFinished`.
+//!
+//! The operator is the only writer of both kinds' status. It needs no leader election: every step
+//! is idempotent and every state change that must happen once is a compare-and-set in PostgreSQL
+//! (`pending → queued` decides which replica enqueues), so two replicas side by side do the same
+//! work twice at worst, never twice in effect. See `operator/README.md`.
+//!
+//! This crate must not run functions or touch the queue's consumer side: that is the executor.
+
+mod function;
+pub mod http;
+mod invocation;
+pub mod metrics;
+pub mod names;
+mod status;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt, future::Shared, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client,
+    runtime::{
+        Controller,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use kubefaas_core::{
+    queue::{Completions, Notice, Queue, QueueConfig, QueueError},
+    resources::{Function, Invocation},
+    store::{Store, StoreConfig, StoreError},
+    validation::Limits,
+};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+
+use crate::metrics::Metrics;
+
+/// Everything the operator needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Prefix of every Redis key (shared with the executor).
+    pub queue_prefix: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_addr: SocketAddr,
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// How long an Invocation waits for its function to exist and be ready before it fails.
+    pub function_wait: Duration,
+    /// Platform bounds applied by validation.
+    pub limits: Limits,
+}
+
+/// Why the operator stopped or a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Building the Kubernetes client failed.
+    #[error("connecting to the Kubernetes API: {0}")]
+    KubeClient(#[source] kube::Error),
+    /// A Kubernetes API call failed.
+    #[error("{op} {object}: {source}")]
+    Kube {
+        /// What was being done.
+        op: &'static str,
+        /// Which object.
+        object: String,
+        /// What the API said.
+        #[source]
+        source: kube::Error,
+    },
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A queue operation failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Connecting to Redis failed.
+    #[error("connecting to Redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// An object lacks a field the API server always sets.
+    #[error("{kind} has no {field}")]
+    MissingField {
+        /// Kind of object.
+        kind: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// Adding or removing the function finalizer failed.
+    #[error("function finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The HTTP endpoint could not be served.
+    #[error("serving HTTP on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn kube(
+        op: &'static str,
+        object: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Self {
+        let object = object.into();
+        move |source| Self::Kube { op, object, source }
+    }
+}
+
+/// Shared state of both controllers.
+pub(crate) struct Context {
+    pub(crate) client: Client,
+    pub(crate) store: Store,
+    pub(crate) queue: Queue,
+    pub(crate) recorder: Recorder,
+    pub(crate) limits: Limits,
+    pub(crate) function_wait: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Runs the operator with the Kubernetes client from the environment (`KUBECONFIG`, or the
+/// in-cluster service account) until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::KubeClient)?;
+    run_with_client(client, config, shutdown).await
+}
+
+/// Runs the operator with `client` until `shutdown` resolves: migrates the database, then runs
+/// both controllers, the completion follower and the HTTP endpoint.
+pub async fn run_with_client(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
+
+    let store = Store::connect(&StoreConfig::new(config.database_url.clone())).await?;
+    // Several replicas may start at once: migrations serialise on an advisory lock.
+    store.migrate().await?;
+    let redis = redis::Client::open(config.redis_url.as_str()).map_err(Error::Redis)?;
+    let queue_config =
+        QueueConfig { prefix: config.queue_prefix.clone(), ..QueueConfig::default() };
+    let queue = Queue::connect(redis.clone(), &queue_config).await?;
+    queue.ensure_group().await?;
+    let (completions, listener) = Completions::start(redis, queue.keys()).await?;
+
+    let metrics = Arc::new(Metrics::default());
+    let reporter = Reporter {
+        controller: names::FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        store: store.clone(),
+        queue: queue.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        limits: config.limits.clone(),
+        function_wait: config.function_wait,
+        metrics: Arc::clone(&metrics),
+    });
+
+    let listener_addr = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| Error::Serve { addr: config.http_addr, source })?;
+    let http = tokio::spawn(http::serve(
+        listener_addr,
+        http::Health { store, queue },
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+
+    let (functions, invocations, config_maps) = match &config.namespace {
+        Some(ns) => (
+            Api::<Function>::namespaced(client.clone(), ns),
+            Api::<Invocation>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+
+    let owned = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={}", names::MANAGED_BY));
+    let function_controller = Controller::new(functions, watcher::Config::default())
+        .owns(config_maps, owned)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(function::reconcile, function::error_policy, Arc::clone(&ctx))
+        .for_each(|result| async move { log_reconcile("Function", result) });
+
+    let (one, all) = follow_completions(&completions, &ctx.store);
+    let invocation_controller = Controller::new(invocations, watcher::Config::default())
+        .reconcile_on(one)
+        .reconcile_all_on(all)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(invocation::reconcile, invocation::error_policy, Arc::clone(&ctx))
+        .for_each(|result| async move { log_reconcile("Invocation", result) });
+
+    tracing::info!(http = %config.http_addr, "kubefaas-operator running");
+    tokio::join!(function_controller, invocation_controller);
+    drop(completions);
+    listener.abort();
+    match http.await {
+        Ok(result) => result,
+        Err(join) => {
+            tracing::warn!(error = %join, "HTTP task ended abnormally");
+            Ok(())
+        }
+    }
+}
+
+fn log_reconcile<K: kube::Resource, E: std::fmt::Display>(
+    kind: &str,
+    result: Result<(ObjectRef<K>, kube::runtime::controller::Action), E>,
+) {
+    match result {
+        Ok((object, _)) => tracing::debug!(kind, %object, "reconciled"),
+        Err(error) => tracing::warn!(kind, error = %error, "reconcile failed"),
+    }
+}
+
+/// Turns completion notices into reconcile requests: one Invocation for each completion (looked up
+/// by its row), every Invocation after the notices may have been missed.
+#[allow(clippy::type_complexity)]
+fn follow_completions(
+    completions: &Completions,
+    store: &Store,
+) -> (
+    impl futures::Stream<Item = ObjectRef<Invocation>> + Send + 'static,
+    impl futures::Stream<Item = ()> + Send + 'static,
+) {
+    let mut notices = completions.notices();
+    let (one_tx, one_rx) = mpsc::channel::<ObjectRef<Invocation>>(1024);
+    let (all_tx, all_rx) = mpsc::channel::<()>(1);
+    let store = store.clone();
+    tokio::spawn(async move {
+        loop {
+            let id = match notices.recv().await {
+                Ok(Notice::Completed(id)) => id,
+                Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                    // A full channel already holds a pending resync.
+                    let _ = all_tx.try_send(());
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            match store.invocation(id).await {
+                Ok(Some(row)) => {
+                    if let Some(name) = row.resource_name {
+                        let object = ObjectRef::new(&name).within(&row.namespace);
+                        if one_tx.send(object).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%id, error = %error, "cannot look up a completed invocation");
+                    let _ = all_tx.try_send(());
+                }
+            }
+        }
+    });
+    let one =
+        stream::unfold(one_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let all =
+        stream::unfold(all_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (one, all)
+}

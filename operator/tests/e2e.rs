@@ -1,0 +1,408 @@
+//! End to end with the real binaries as separate processes: `kubefaas-apiserver` (the standalone
+//! control plane), `kubefaas-operator` and `kubefaas-executor` (local backend) against real
+//! PostgreSQL and Redis, driven with the real `kubectl`.
+//!
+//! Needs `DATABASE_URL`, `REDIS_URL` (`make test` provides both) and the workspace's binaries
+//! built (`cargo nextest run --workspace` / `cargo test --workspace` build them).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use uuid::Uuid;
+
+/// Bound on any wait, so a broken pipeline fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests need real PostgreSQL and Redis (run `make test`)")
+    })
+}
+
+fn binary(name: &str) -> PathBuf {
+    let operator = PathBuf::from(env!("CARGO_BIN_EXE_kubefaas-operator"));
+    let path = operator.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built; build the workspace first (`cargo build --workspace` or `make test`)",
+        path.display()
+    );
+    path
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The control plane, operator and executor of one test, each in its own process, sharing a
+/// scratch directory, a PostgreSQL schema and a Redis key prefix of their own.
+struct Platform {
+    dir: PathBuf,
+    apiserver: Option<Child>,
+    operator: Option<Child>,
+    executors: Vec<Child>,
+    database_url: String,
+    prefix: String,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let schema = format!("e2e_{}", Uuid::new_v4().simple());
+        let admin = kubefaas_core::store::Store::connect(&kubefaas_core::store::StoreConfig::new(
+            env("DATABASE_URL"),
+        ))
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(admin.pool())
+            .await
+            .unwrap();
+        let separator = if env("DATABASE_URL").contains('?') { '&' } else { '?' };
+        let database_url =
+            format!("{}{separator}options=-c%20search_path%3D{schema}", env("DATABASE_URL"));
+
+        let mut platform = Self {
+            dir,
+            apiserver: None,
+            operator: None,
+            executors: Vec::new(),
+            database_url,
+            prefix: format!("e2e-{}", Uuid::new_v4().simple()),
+        };
+        platform.apiserver = Some(platform.start_apiserver().await);
+        platform.kubectl_ok(&["apply", "-f", repo().join("crds").to_str().unwrap()]).await;
+        platform.operator = Some(platform.spawn(
+            "operator",
+            binary("kubefaas-operator"),
+            &["--http-addr", "127.0.0.1:0"],
+        ));
+        platform.start_executor().await;
+        platform
+    }
+
+    async fn start_apiserver(&self) -> Child {
+        let mut child = Command::new(binary("kubefaas-apiserver"))
+            .args(["--listen", "127.0.0.1:0", "--kubeconfig"])
+            .arg(self.kubeconfig())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("kubefaas-apiserver ready") {
+                    return;
+                }
+            }
+            panic!("kubefaas-apiserver exited before it was ready");
+        })
+        .await
+        .expect("kubefaas-apiserver ready");
+        // Keep draining its output so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        child
+    }
+
+    async fn start_executor(&mut self) {
+        let n = self.executors.len();
+        let work = self.dir.join(format!("executor-{n}"));
+        let name = format!("executor-{n}");
+        let child = self.spawn(
+            &name,
+            binary("kubefaas-executor"),
+            &[
+                "--http-addr",
+                "127.0.0.1:0",
+                "--work-dir",
+                work.to_str().unwrap(),
+                "--name",
+                &name,
+                "--lease-seconds",
+                "3",
+            ],
+        );
+        self.executors.push(child);
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Starts a component with the shared settings; its output goes to `<name>.log`.
+    fn spawn(&self, name: &str, program: PathBuf, args: &[&str]) -> Child {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        Command::new(program)
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", env("REDIS_URL"))
+            .env("KUBEFAAS_QUEUE_PREFIX", &self.prefix)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBEFAAS_FUNCTION_WAIT_SECONDS", "10")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        let run = Command::new("kubectl")
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &self.dir)
+            .arg("--cache-dir")
+            .arg(self.dir.join("cache"))
+            .args(args)
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(PATIENCE + Duration::from_secs(10), run)
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
+            .unwrap()
+    }
+
+    async fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn apply(&self, manifest: &str) {
+        let path = self.dir.join(format!("{}.yaml", Uuid::new_v4().simple()));
+        std::fs::write(&path, manifest).unwrap();
+        self.kubectl_ok(&["apply", "-f", path.to_str().unwrap()]).await;
+    }
+
+    /// `kubectl wait` for a phase, then the object as JSON.
+    async fn wait_phase(&self, object: &str, phase: &str) -> Value {
+        let timeout = format!("--timeout={}s", PATIENCE.as_secs());
+        let condition = format!("--for=jsonpath={{.status.phase}}={phase}");
+        let out = self.kubectl(&["wait", object, &condition, &timeout]).await;
+        let json = self.get(object).await;
+        assert!(
+            out.status.success(),
+            "{object} never reached {phase}: {}\nstatus: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            json["status"],
+            self.logs()
+        );
+        json
+    }
+
+    async fn get(&self, object: &str) -> Value {
+        serde_json::from_str(&self.kubectl_ok(&["get", object, "-o", "json"]).await).unwrap()
+    }
+
+    async fn invoke(&self, name: &str, function: &str, payload: &str) {
+        self.apply(&format!(
+            "apiVersion: kubefaas.io/v1alpha1\nkind: Invocation\nmetadata:\n  name: {name}\nspec:\n  functionRef:\n    name: {function}\n  payload: {payload}\n"
+        ))
+        .await;
+    }
+
+    /// The components' logs, for failure messages.
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let body = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: String = body
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                text.push_str(&format!("--- {}\n{tail}\n", path.display()));
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn function(name: &str, runtime: &str, handler: &str, code: &str, extra: &str) -> String {
+    let code = code.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n");
+    format!(
+        "apiVersion: kubefaas.io/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: {runtime}\n  handler: {handler}\n  code:\n    inline: |\n{code}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
+    let platform = Platform::start().await;
+    let examples = repo().join("examples");
+
+    // The examples as a user applies them: python, nodejs, go.
+    for (file, function) in [
+        ("function.yaml", "hello"),
+        ("function-nodejs.yaml", "hello-node"),
+        ("function-go.yaml", "hello-go"),
+    ] {
+        platform.kubectl_ok(&["apply", "-f", examples.join(file).to_str().unwrap()]).await;
+        let ready = platform.wait_phase(&format!("function/{function}"), "Ready").await;
+        assert!(ready["status"]["functionId"].is_string(), "{}", ready["status"]);
+        assert_eq!(ready["status"]["codeChecksum"].as_str().unwrap().len(), 64);
+    }
+    platform.kubectl_ok(&["apply", "-f", examples.join("invocation.yaml").to_str().unwrap()]).await;
+    let done = platform.wait_phase("invocation/hello-once", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["message"], "Hello, kubefaas!");
+    assert_eq!(
+        done["status"]["result"]["invocation"], done["metadata"]["uid"],
+        "the request id is the invocation id"
+    );
+    assert!(
+        done["status"]["logs"].as_str().unwrap().contains("greeting kubefaas"),
+        "{}",
+        done["status"]
+    );
+    assert_eq!(done["status"]["attempts"], 1);
+
+    platform.invoke("node-once", "hello-node", "{name: node}").await;
+    let node = platform.wait_phase("invocation/node-once", "Succeeded").await;
+    assert_eq!(node["status"]["result"]["message"], "Hello, node!");
+    platform.invoke("go-once", "hello-go", "{name: gopher}").await;
+    let go = platform.wait_phase("invocation/go-once", "Succeeded").await;
+    assert_eq!(go["status"]["result"]["message"], "Hello, gopher!");
+
+    // A raising function fails with its error type and stack.
+    platform
+        .apply(&function(
+            "raiser",
+            "python",
+            "main.handler",
+            "def handler(event, context):\n    raise KeyError('missing')",
+            "",
+        ))
+        .await;
+    platform.wait_phase("function/raiser", "Ready").await;
+    platform.invoke("raise-once", "raiser", "{}").await;
+    let failed = platform.wait_phase("invocation/raise-once", "Failed").await;
+    assert_eq!(failed["status"]["error"]["type"], "KeyError");
+    assert!(
+        failed["status"]["error"]["stack"].as_str().unwrap().contains("main.py"),
+        "{}",
+        failed["status"]
+    );
+
+    // A sleeping one is killed at its deadline.
+    platform
+        .apply(&function(
+            "sleeper",
+            "python",
+            "main.handler",
+            "import time\ndef handler(event, context):\n    time.sleep(60)",
+            "  timeoutSeconds: 2\n",
+        ))
+        .await;
+    platform.wait_phase("function/sleeper", "Ready").await;
+    platform.invoke("sleep-once", "sleeper", "{}").await;
+    let timed_out = platform.wait_phase("invocation/sleep-once", "TimedOut").await;
+    assert_eq!(timed_out["status"]["error"]["type"], "TimedOut");
+
+    // A memory hog is killed at its memory limit.
+    platform
+        .apply(&function(
+            "hog",
+            "python",
+            "main.handler",
+            "def handler(event, context):\n    blocks = []\n    while True:\n        blocks.append(bytearray(16 * 1024 * 1024))",
+            "  resources:\n    memory: 64Mi\n    cpu: 500m\n",
+        ))
+        .await;
+    platform.wait_phase("function/hog", "Ready").await;
+    platform.invoke("hog-once", "hog", "{}").await;
+    let oom = platform.wait_phase("invocation/hog-once", "Failed").await;
+    assert_eq!(oom["status"]["error"]["type"], "OutOfMemory", "{}", oom["status"]);
+
+    // Editing the code changes the next result.
+    platform
+        .apply(&function(
+            "hello",
+            "python",
+            "main.handler",
+            "def handler(event, context):\n    return {'message': 'Bonjour, ' + event['name'] + '!'}",
+            "",
+        ))
+        .await;
+    let mut updated = false;
+    for _ in 0..100 {
+        let function = platform.get("function/hello").await;
+        if function["status"]["observedGeneration"] == function["metadata"]["generation"]
+            && function["status"]["phase"] == "Ready"
+        {
+            updated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(updated, "the edited function never became ready");
+    platform.invoke("hello-twice", "hello", "{name: kubefaas}").await;
+    let edited = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
+    assert_eq!(edited["status"]["result"]["message"], "Bonjour, kubefaas!");
+
+    // Deleting the function: later invocations fail with FunctionNotFound.
+    platform.kubectl_ok(&["delete", "function", "hello", "--wait=true", "--timeout=60s"]).await;
+    let code = platform.kubectl(&["get", "configmap", "hello-code"]).await;
+    assert!(!code.status.success(), "the code ConfigMap is garbage-collected with its function");
+    platform.invoke("hello-after", "hello", "{name: nobody}").await;
+    let missing = platform.wait_phase("invocation/hello-after", "Failed").await;
+    assert_eq!(missing["status"]["error"]["type"], "FunctionNotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_survives_the_death_of_its_executor_and_runs_once() {
+    let mut platform = Platform::start().await;
+    platform
+        .apply(&function(
+            "slow",
+            "python",
+            "main.handler",
+            "import time\ndef handler(event, context):\n    time.sleep(event['sleep'])\n    return {'slept': event['sleep']}",
+            "  timeoutSeconds: 60\n",
+        ))
+        .await;
+    platform.wait_phase("function/slow", "Ready").await;
+    platform.invoke("slow-once", "slow", "{sleep: 4}").await;
+    platform.wait_phase("invocation/slow-once", "Running").await;
+
+    // The only executor dies mid-invocation; a new one takes over after the lease expires.
+    let mut dead = platform.executors.remove(0);
+    dead.kill().await.unwrap();
+    platform.start_executor().await;
+    let done = platform.wait_phase("invocation/slow-once", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["slept"], 4);
+    assert_eq!(done["status"]["attempts"], 2, "the takeover is the second attempt, and the last");
+}
