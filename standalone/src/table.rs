@@ -66,7 +66,7 @@ pub(crate) fn table(
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
-            let cells: Vec<Value> = cols.iter().map(|c| cell(item, c, now)).collect();
+            let cells: Vec<Value> = cols.iter().map(|c| cell(item, c, rt.custom, now)).collect();
             let mut row = json!({"cells": cells});
             match include {
                 IncludeObject::Object => row["object"] = item.clone(),
@@ -89,7 +89,9 @@ pub(crate) fn table(
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": definitions, "rows": rows})
 }
 
-fn cell(item: &Value, column: &PrinterColumn, now: jiff::Timestamp) -> Value {
+/// One cell. A missing value is `null` for custom resources (kubectl prints it blank, as for a
+/// CRD on a real cluster) and `<none>` in the string columns of built-ins (as their printers do).
+fn cell(item: &Value, column: &PrinterColumn, custom: bool, now: jiff::Timestamp) -> Value {
     let computed_value;
     let found = match column.json_path.strip_prefix('#') {
         Some(special) => {
@@ -99,7 +101,7 @@ fn cell(item: &Value, column: &PrinterColumn, now: jiff::Timestamp) -> Value {
         None => eval_path(item, &column.json_path),
     };
     let Some(value) = found.filter(|v| !v.is_null()) else {
-        return if column.type_ == "string" || column.type_ == "date" {
+        return if !custom && (column.type_ == "string" || column.type_ == "date") {
             json!("<none>")
         } else {
             Value::Null
