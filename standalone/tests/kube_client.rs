@@ -406,3 +406,41 @@ async fn foreground_deletion_removes_dependents_first_even_with_ownership_cycles
     assert!(cms.get_opt("child").await.unwrap().is_none());
     assert!(cms.get_opt("grandchild").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn generate_name_namespace_field_selectors_and_watch_timeouts() {
+    let (h, api) = harness().await;
+    let mut generated = function("");
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let created = api.create(&PostParams::default(), &generated).await.unwrap();
+    let name = created.name_any();
+    assert!(name.starts_with("gen-") && name.len() == "gen-".len() + 5, "{name}");
+
+    for ns in ["default", "kube-system", "kube-public"] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+        Api::<ConfigMap>::namespaced(h.client(), ns)
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
+    }
+    let cms: Api<ConfigMap> = Api::all(h.client());
+    let namespaces = async |selector: &str| -> Vec<String> {
+        let list = cms.list(&ListParams::default().fields(selector)).await.unwrap();
+        list.items.iter().map(|c| c.namespace().unwrap()).collect()
+    };
+    assert_eq!(namespaces("metadata.namespace=default").await, ["default"]);
+    assert_eq!(namespaces("metadata.namespace!=default").await, ["kube-public", "kube-system"]);
+    assert_eq!(
+        namespaces("metadata.name=c,metadata.namespace==kube-public").await,
+        ["kube-public"]
+    );
+
+    // A watch with timeoutSeconds ends on its own.
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let params = WatchParams::default().timeout(1).disable_bookmarks();
+    let stream = api.watch(&params, &rv).await.unwrap();
+    let events: Vec<_> =
+        tokio::time::timeout(common::PATIENCE, stream.collect::<Vec<_>>()).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
