@@ -14,6 +14,7 @@ mod apply;
 mod custom;
 mod discovery;
 mod error;
+mod gc;
 pub mod kubeconfig;
 mod openapi;
 mod patch;
