@@ -137,6 +137,10 @@ fn spec_part(obj: &Value) -> Value {
     out
 }
 
+fn tracks_generation(rt: &ResourceType) -> bool {
+    rt.custom || rt.plural == "customresourcedefinitions"
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
@@ -341,7 +345,12 @@ impl Cluster {
         let now = now();
         meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), Value::String(now.clone()));
-        meta.insert("generation".into(), json!(1));
+        // Like a real server, only custom resources and CRDs track `generation`.
+        if tracks_generation(rt) {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
         for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
         {
             meta.remove(k);
@@ -607,7 +616,7 @@ impl Cluster {
             check_crd(&mut new)?;
         }
         custom::admit(rt, &mut new, opts.field_validation)?;
-        if spec_part(&new) != spec_part(&old) {
+        if tracks_generation(rt) && spec_part(&new) != spec_part(&old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             set_path(&mut new, &["metadata", "generation"], json!(generation));
         }
