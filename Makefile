@@ -22,6 +22,12 @@ run: ## Run the whole platform here (kubefaas up) with the example functions dep
 	$(CARGO) build -p kubefaas
 	scripts/run.sh
 
+.PHONY: bench
+bench: ## Measure the pipeline here: Function apply → Ready, Invocation apply → Succeeded
+	@scripts/deps.sh
+	$(CARGO) build --release -p kubefaas
+	scripts/bench-pipeline.sh
+
 .PHONY: build
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
