@@ -126,6 +126,8 @@ struct Slot {
 /// The pods of one function.
 #[derive(Debug, Default)]
 struct FunctionPods {
+    /// The function as last invoked, to keep `minWarm` pods of it.
+    function: Option<Arc<ResolvedFunction>>,
     fingerprint: u64,
     slots: Vec<Slot>,
     min_warm: usize,
@@ -188,6 +190,7 @@ impl KubernetesBackend {
                 tick.tick().await;
                 let Some(backend) = reaper.upgrade() else { return };
                 backend.reap().await;
+                backend.keep_warm();
             }
         });
         backend
@@ -225,6 +228,75 @@ impl KubernetesBackend {
         }
     }
 
+    /// Starts pods for functions with fewer than `minWarm` (counting those starting).
+    fn keep_warm(self: &Arc<Self>) {
+        let mut wanted = Vec::new();
+        {
+            let mut functions = self.lock();
+            for ((namespace, _), pods) in functions.iter_mut() {
+                let Some(function) = pods.function.clone() else { continue };
+                let live = pods.slots.iter().filter(|s| s.restarts != STALE).count();
+                for _ in live..pods.min_warm.min(function.scaling.max_instances.max(1)) {
+                    let placeholder = placeholder(&mut pods.slots, false);
+                    wanted.push((namespace.clone(), Arc::clone(&function), placeholder));
+                }
+            }
+        }
+        for (namespace, function, placeholder) in wanted {
+            let backend = Arc::clone(self);
+            tokio::spawn(async move {
+                let started = backend.start_pod(&namespace, &function).await;
+                backend.fill(
+                    &namespace,
+                    &function.spec.name,
+                    &placeholder,
+                    started.as_ref(),
+                    false,
+                );
+            });
+        }
+    }
+
+    /// Puts a started pod in place of its placeholder, or removes the placeholder (and the
+    /// whole function, when it is gone) if it failed.
+    fn fill(
+        &self,
+        namespace: &str,
+        function: &str,
+        placeholder: &str,
+        started: Result<&(String, String, i32), &KubernetesError>,
+        busy: bool,
+    ) {
+        let key = (namespace.to_owned(), function.to_owned());
+        match started {
+            Ok((name, url, restarts)) => {
+                let (name, url, restarts) = (name.clone(), url.clone(), *restarts);
+                if let Some(slot) = self
+                    .lock()
+                    .get_mut(&key)
+                    .and_then(|p| p.slots.iter_mut().find(|s| s.name == placeholder))
+                {
+                    slot.name = name;
+                    slot.url = Some(url);
+                    slot.restarts = restarts;
+                    slot.busy = busy;
+                    slot.last_used = Instant::now();
+                }
+                self.freed.notify_waiters();
+            }
+            Err(KubernetesError::GetFunction(_, kube::Error::Api(e))) if e.code == 404 => {
+                self.lock().remove(&key);
+                self.freed.notify_waiters();
+            }
+            Err(error) => {
+                if !busy {
+                    tracing::warn!(%namespace, %function, %error, "starting a warm pod failed");
+                }
+                self.forget(&key, placeholder);
+            }
+        }
+    }
+
     async fn delete_pod(&self, namespace: &str, name: &str) {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         match api.delete(name, &DeleteParams::default()).await {
@@ -240,7 +312,7 @@ impl KubernetesBackend {
     async fn acquire(
         &self,
         namespace: &str,
-        function: &ResolvedFunction,
+        function: &Arc<ResolvedFunction>,
     ) -> Result<(String, String, i32, bool), KubernetesError> {
         let key = (namespace.to_owned(), function.spec.name.clone());
         let print = fingerprint(function);
@@ -253,6 +325,7 @@ impl KubernetesBackend {
             let create = {
                 let mut functions = self.lock();
                 let pods = functions.entry(key.clone()).or_default();
+                pods.function = Some(Arc::clone(function));
                 pods.min_warm = function.scaling.min_warm;
                 pods.idle_timeout = function.scaling.idle_timeout;
                 if pods.fingerprint != print {
@@ -265,7 +338,7 @@ impl KubernetesBackend {
                         s.busy
                     });
                     for slot in &mut pods.slots {
-                        slot.restarts = i32::MIN; // marks it stale: deleted on release
+                        slot.restarts = STALE;
                     }
                 }
                 if let Some(slot) = pods.slots.iter_mut().find(|s| !s.busy && s.url.is_some()) {
@@ -273,18 +346,9 @@ impl KubernetesBackend {
                     let url = slot.url.clone().unwrap_or_default();
                     return Ok((slot.name.clone(), url, slot.restarts, false));
                 }
-                let live = pods.slots.iter().filter(|s| s.restarts != i32::MIN).count();
+                let live = pods.slots.iter().filter(|s| s.restarts != STALE).count();
                 if live < function.scaling.max_instances.max(1) {
-                    // Reserve the place while the pod starts.
-                    let name = format!("starting-{}", uuid::Uuid::new_v4().simple());
-                    pods.slots.push(Slot {
-                        name: name.clone(),
-                        url: None,
-                        busy: true,
-                        last_used: Instant::now(),
-                        restarts: 0,
-                    });
-                    Some(name)
+                    Some(placeholder(&mut pods.slots, true))
                 } else {
                     None
                 }
@@ -293,24 +357,9 @@ impl KubernetesBackend {
                 self.delete_pod(namespace, &name).await;
             }
             if let Some(placeholder) = create {
-                return match self.start_pod(namespace, function).await {
-                    Ok((name, url, restarts)) => {
-                        let mut functions = self.lock();
-                        if let Some(slot) = functions
-                            .get_mut(&key)
-                            .and_then(|p| p.slots.iter_mut().find(|s| s.name == placeholder))
-                        {
-                            slot.name = name.clone();
-                            slot.url = Some(url.clone());
-                            slot.restarts = restarts;
-                        }
-                        Ok((name, url, restarts, true))
-                    }
-                    Err(error) => {
-                        self.forget(&key, &placeholder);
-                        Err(error)
-                    }
-                };
+                let started = self.start_pod(namespace, function).await;
+                self.fill(namespace, &key.1, &placeholder, started.as_ref(), true);
+                return started.map(|(name, url, restarts)| (name, url, restarts, true));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, freed).await.is_err() {
@@ -338,7 +387,7 @@ impl KubernetesBackend {
             };
             slot.busy = false;
             slot.last_used = Instant::now();
-            broken || slot.restarts == i32::MIN
+            broken || slot.restarts == STALE
         };
         if delete {
             self.forget(&key, name);
@@ -428,7 +477,15 @@ impl KubernetesBackend {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
-            if let Ok(Some(pod)) = pods.get_opt(name).await {
+            let pod = match pods.get_opt(name).await {
+                Ok(Some(pod)) => pod,
+                Ok(None) => return false,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            {
                 let status = pod.status.unwrap_or_default();
                 for c in status.container_statuses.iter().flatten() {
                     let reasons = [c.state.as_ref(), c.last_state.as_ref()]
@@ -446,6 +503,22 @@ impl KubernetesBackend {
         }
         false
     }
+}
+
+/// The restart count of a slot whose pod runs outdated code or settings: deleted on release.
+const STALE: i32 = i32::MIN;
+
+/// Reserves a place for a pod that is starting; returns its placeholder name.
+fn placeholder(slots: &mut Vec<Slot>, busy: bool) -> String {
+    let name = format!("starting-{}", uuid::Uuid::new_v4().simple());
+    slots.push(Slot {
+        name: name.clone(),
+        url: None,
+        busy,
+        last_used: Instant::now(),
+        restarts: 0,
+    });
+    name
 }
 
 /// Waiting reasons a pod does not recover from by itself.
@@ -467,20 +540,34 @@ impl Backend for Arc<KubernetesBackend> {
         request: &Request,
     ) -> Result<Invocation, KubernetesError> {
         let started = Instant::now();
-        let (pod, url, restarts, cold) = self.acquire(namespace, function).await?;
         let body = json!({
             "id": request.id,
             "payload": request.payload,
             "timeoutMs": u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
         });
-        // The watchdog enforces the timeout; this bound only catches a pod that stops answering.
-        let answer = self
-            .http
-            .post(format!("{url}/invoke"))
-            .json(&body)
-            .timeout(request.timeout + Duration::from_secs(10))
-            .send()
-            .await;
+        let mut refused = 0;
+        let (pod, restarts, cold, answer) = loop {
+            let (pod, url, restarts, cold) = self.acquire(namespace, function).await?;
+            // The watchdog enforces the timeout; this bound only catches a pod that stops
+            // answering.
+            let answer = self
+                .http
+                .post(format!("{url}/invoke"))
+                .json(&body)
+                .timeout(request.timeout + Duration::from_secs(10))
+                .send()
+                .await;
+            match answer {
+                // Nothing was sent: the pod is gone (garbage-collected, restarted elsewhere).
+                // Forget it and try another; the invocation has not started.
+                Err(error) if error.is_connect() && refused < 3 => {
+                    tracing::info!(%namespace, %pod, %error, "runtime pod unreachable; using another");
+                    refused += 1;
+                    self.release(namespace, &function.spec.name, &pod, true).await;
+                }
+                answer => break (pod, restarts, cold, answer),
+            }
+        };
         let answer = match answer {
             Ok(response) if response.status().is_success() => {
                 response.json::<InvokeResponse>().await.map_err(|e| e.to_string())

@@ -479,6 +479,76 @@ async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the
     assert_eq!(limits["memory"], (128u64 << 20).to_string());
     assert_eq!(limits["cpu"], "100m");
 
+    // Scaling: an idle pod is reaped after idleTimeoutSeconds, minWarm pods are kept (and
+    // started), maxInstances caps the pods however many invocations wait.
+    let sleepy = "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return 'ok'";
+    for (name, scaling) in [
+        ("idle", "minWarm: 0, maxInstances: 3, idleTimeoutSeconds: 1"),
+        ("warm", "minWarm: 2, maxInstances: 2, idleTimeoutSeconds: 1"),
+        ("single", "minWarm: 0, maxInstances: 1, idleTimeoutSeconds: 600"),
+    ] {
+        let extra = format!("  maxConcurrency: 3\n  scaling: {{{scaling}}}\n");
+        platform.apply(&function(name, "python", "main.handler", sleepy, &extra)).await;
+        platform.wait_phase(&format!("function/{name}"), "Ready").await;
+    }
+    for (invocation, function) in [
+        ("idle-1", "idle"),
+        ("warm-1", "warm"),
+        ("single-1", "single"),
+        ("single-2", "single"),
+        ("single-3", "single"),
+    ] {
+        platform.invoke(invocation, function, "{sleep: 1}").await;
+    }
+    for invocation in ["idle-1", "warm-1", "single-1", "single-2", "single-3"] {
+        platform.wait_phase(&format!("invocation/{invocation}"), "Succeeded").await;
+    }
+    let ready_pods = |function: &'static str| {
+        let platform = &platform;
+        async move {
+            let pods: Value = serde_json::from_str(
+                &platform
+                    .kubectl_ok(&[
+                        "get",
+                        "pods",
+                        "-l",
+                        &format!("kubefaas.io/function={function}"),
+                        "-o",
+                        "json",
+                    ])
+                    .await,
+            )
+            .unwrap();
+            pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["status"]["podIP"].is_string())
+                .count()
+        }
+    };
+    let eventually = |function: &'static str, count: usize| {
+        let ready_pods = &ready_pods;
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while ready_pods(function).await != count {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{function} never had {count} pods"));
+        }
+    };
+    eventually("idle", 0).await;
+    eventually("warm", 2).await;
+    assert_eq!(
+        ready_pods("single").await,
+        1,
+        "maxInstances 1: three invocations took turns on one pod"
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(ready_pods("warm").await, 2, "minWarm pods outlive the idle timeout");
+
     // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
     memory_hog_fails_out_of_memory(&platform).await;
 
