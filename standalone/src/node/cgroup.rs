@@ -81,6 +81,7 @@ impl Hierarchy {
             })?;
             let own = own_path(controller).unwrap_or_else(|| "/".into());
             let rel = own.strip_prefix(root.as_str()).unwrap_or(&own).trim_start_matches('/');
+            sweep_dead_agents(&point.join(rel));
             let dir = point.join(rel).join(&group);
             fs::create_dir_all(&dir).ok()?;
             Some(dir)
@@ -132,6 +133,34 @@ impl Hierarchy {
                 let _ = fs::remove_dir(parent);
             }
         }
+    }
+}
+
+/// Kills what agents that died (SIGKILL leaves no chance to clean up) left in their groups
+/// `kubefaas-node-<pid>-…` below `parent`, and removes the groups, so an orphaned watchdog
+/// never holds a pod address a new agent hands out.
+fn sweep_dead_agents(parent: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("kubefaas-node-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let group = entry.path();
+        for container in fs::read_dir(&group).into_iter().flatten().flatten() {
+            if container.path().is_dir() {
+                let stale = Cgroup { memory: container.path(), cpu: None, v2: false };
+                stale.remove(Duration::from_millis(500));
+            }
+        }
+        let _ = fs::remove_dir(&group);
     }
 }
 

@@ -94,6 +94,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// What the pod tasks share.
 struct Agent {
     client: kube::Client,
+    /// `setpriv`, to give each watchdog a parent-death signal: a killed agent leaves no
+    /// watchdog holding a pod address.
+    setpriv: Option<PathBuf>,
     config: NodeConfig,
     cgroups: Option<cgroup::Hierarchy>,
     /// The second octet of this agent's pod addresses (`127.<block>.x.y`).
@@ -160,8 +163,13 @@ impl NodeAgent {
             );
         }
         tracing::info!(watchdog = %config.watchdog.display(), work_dir = %config.work_dir.display(), pod_addresses = %format!("127.{block}.0.0/16"), ?cgroups, "node agent starting");
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
         let agent = Arc::new(Agent {
             client,
+            setpriv,
             config,
             cgroups,
             block,

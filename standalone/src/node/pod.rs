@@ -422,23 +422,32 @@ impl Supervisor {
             .open(&self.log)
             .map_err(NodeError::Files)?;
         let log2 = log.try_clone().map_err(NodeError::Files)?;
-        let watchdog = agent.config.watchdog.display().to_string();
-        let mut command = match &cgroup {
-            Some(cgroup) => {
-                let procs: Vec<String> =
-                    cgroup.procs_files().iter().map(|p| p.display().to_string()).collect();
-                let mut c = tokio::process::Command::new("/bin/sh");
-                c.arg("-c")
-                    .arg(super::cgroup::join_script())
-                    .arg("kubefaas-container")
-                    .arg(procs.join(":"))
-                    .arg(&watchdog);
-                c
-            }
-            None => tokio::process::Command::new(&watchdog),
-        };
+        // [cgroup join script] [setpriv --pdeathsig KILL --] watchdog args…
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(cgroup) = &cgroup {
+            let procs: Vec<String> =
+                cgroup.procs_files().iter().map(|p| p.display().to_string()).collect();
+            argv.extend([
+                "/bin/sh".into(),
+                "-c".into(),
+                super::cgroup::join_script().into(),
+                "kubefaas-container".into(),
+                procs.join(":"),
+            ]);
+        }
+        if let Some(setpriv) = &agent.setpriv {
+            argv.extend([
+                setpriv.display().to_string(),
+                "--pdeathsig".into(),
+                "KILL".into(),
+                "--".into(),
+            ]);
+        }
+        argv.push(agent.config.watchdog.display().to_string());
+        argv.extend(self.plan.args.iter().cloned());
+        let mut command = tokio::process::Command::new(&argv[0]);
         command
-            .args(&self.plan.args)
+            .args(&argv[1..])
             .env_clear()
             .envs(&self.plan.env)
             .env(
