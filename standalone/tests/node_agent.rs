@@ -59,12 +59,7 @@ impl Node {
         let mut config = NodeConfig::new(&dir);
         config.watchdog = watchdog();
         let agent = NodeAgent::start(client.clone(), config).unwrap();
-        let configs: Api<ConfigMap> = Api::default_namespaced(client.clone());
-        let code = serde_json::from_value(json!({
-            "metadata": {"name": "hello-code"}, "data": {"handler.py": HANDLER},
-        }))
-        .unwrap();
-        configs.create(&PostParams::default(), &code).await.unwrap();
+        create_code(&client).await;
         Self { server: Some(server), agent: Some(agent), client, dir }
     }
 
@@ -79,23 +74,8 @@ impl Node {
             .unwrap()
     }
 
-    /// Waits until `check` holds for the pod's JSON, and returns it.
     async fn wait(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let pods = self.pods();
-        let mut last = Value::Null;
-        let found = tokio::time::timeout(PATIENCE, async {
-            loop {
-                if let Some(pod) = pods.get_opt(name).await.unwrap() {
-                    last = serde_json::to_value(pod).unwrap();
-                    if check(&last) {
-                        return last.clone();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        found.unwrap_or_else(|_| panic!("pod {name} never got {what}; last seen: {last:#}"))
+        wait(&self.client, name, what, check).await
     }
 
     async fn ready(&self, name: &str) -> Value {
@@ -111,6 +91,40 @@ impl Node {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The ConfigMap `hello-code` with [`HANDLER`] as `handler.py`.
+async fn create_code(client: &kube::Client) {
+    let configs: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let code = serde_json::from_value(json!({
+        "metadata": {"name": "hello-code"}, "data": {"handler.py": HANDLER},
+    }))
+    .unwrap();
+    configs.create(&PostParams::default(), &code).await.unwrap();
+}
+
+/// Waits until `check` holds for the pod's JSON, and returns it.
+async fn wait(
+    client: &kube::Client,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut last = Value::Null;
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(pod) = pods.get_opt(name).await.unwrap() {
+                last = serde_json::to_value(pod).unwrap();
+                if check(&last) {
+                    return last.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("pod {name} never got {what}; last seen: {last:#}"))
 }
 
 fn condition(pod: &Value, type_: &str) -> String {
@@ -252,4 +266,58 @@ async fn a_pod_whose_image_cannot_run_waits_with_err_image_pull() {
     assert!(message.contains("nginx:1.27"), "{message}");
     assert_eq!(condition(&pod, "Ready"), "False");
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binarys_node_agent_runs_pods_and_a_killed_agent_leaves_no_watchdog_behind() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir()
+        .join(format!("kfb-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubefaas-apiserver"))
+        .args(["--listen", "127.0.0.1:0", "--node-agent", "--node-dir"])
+        .arg(&dir)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("kubefaas-apiserver ready") {
+                let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+                return addr.parse().unwrap();
+            }
+        }
+        panic!("kubefaas-apiserver exited before it was ready");
+    })
+    .await
+    .expect("kubefaas-apiserver ready");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let client = kubefaas_standalone::node::client_for(addr).unwrap();
+    create_code(&client).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(function_pod("one", "128Mi")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pod = wait(&client, "one", "Ready", |p| condition(p, "Ready") == "True").await;
+    let answer = invoke(&pod, json!({"name": "binary"})).await.expect("an answer");
+    assert_eq!(answer["result"]["hello"], "binary");
+
+    // SIGKILL: no chance to stop the pods, yet the watchdog must not outlive the agent.
+    server.kill().await.unwrap();
+    let pod_addr: SocketAddr =
+        format!("{}:8080", pod["status"]["podIP"].as_str().unwrap()).parse().unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while tokio::net::TcpStream::connect(pod_addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the watchdog dies with its agent");
+    let _ = std::fs::remove_dir_all(&dir);
 }
