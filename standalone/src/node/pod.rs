@@ -540,3 +540,54 @@ async fn probe(ip: Ipv4Addr, port: u16, path: &str) -> bool {
     };
     tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(policy: &str, states: &[Value]) -> PodStatus {
+        PodStatus {
+            uid: "u".into(),
+            ip: Ipv4Addr::new(127, 1, 0, 1),
+            start_time: now(),
+            ready_since: now(),
+            restart_policy: policy.into(),
+            containers: states
+                .iter()
+                .map(|s| ContainerState {
+                    name: "c".into(),
+                    state: s.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn terminated(code: i64) -> Value {
+        json!({"terminated": {"exitCode": code, "reason": "Error"}})
+    }
+
+    #[test]
+    fn phase_follows_the_containers_and_the_restart_policy() {
+        let running = json!({"running": {"startedAt": now()}});
+        assert_eq!(status("Always", &[waiting("ErrImagePull", "no")]).phase(), "Pending");
+        assert_eq!(status("Always", std::slice::from_ref(&running)).phase(), "Running");
+        assert_eq!(status("Always", &[running, waiting("ErrImagePull", "")]).phase(), "Pending");
+        assert_eq!(status("Never", &[terminated(0)]).phase(), "Succeeded");
+        assert_eq!(status("Never", &[terminated(137)]).phase(), "Failed");
+        assert_eq!(status("OnFailure", &[terminated(0)]).phase(), "Succeeded");
+    }
+
+    #[test]
+    fn ready_conditions_need_every_container_ready() {
+        let mut pod = status("Always", &[json!({"running": {}}), json!({"running": {}})]);
+        pod.containers[0].ready = true;
+        let json = pod.to_json();
+        let ready = json["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready");
+        assert_eq!(ready.unwrap()["status"], "False");
+        pod.containers[1].ready = true;
+        assert_eq!(pod.to_json()["conditions"][3]["status"], "True");
+        assert_eq!(pod.to_json()["podIP"], "127.1.0.1");
+        assert_eq!(pod.to_json()["containerStatuses"][1]["started"], true);
+    }
+}
