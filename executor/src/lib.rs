@@ -10,14 +10,16 @@
 //!
 //! What the local sandbox does and does not protect against is written down in `SANDBOX.md`
 //! next to this crate. The driver modules do not talk to Postgres, Redis or the Kubernetes API;
-//! the [`worker`] (the queue consumer), [`functions`] (functions from the Kubernetes API) and
-//! [`service`] (the `kubefaas-executor` binary's body) do.
+//! the [`worker`] (the queue consumer, over a [`worker::Backend`]: the local [`Pool`] or
+//! [`kubernetes`] runtime pods invoked over HTTP), [`functions`] (functions from the Kubernetes
+//! API) and [`service`] (the `kubefaas-executor` binary's body) do.
 
 mod code;
 mod driver;
 mod error;
 pub mod functions;
 mod instance;
+pub mod kubernetes;
 mod logs;
 pub mod metrics;
 mod pool;

@@ -6,7 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, ValueEnum};
 use kubefaas_executor::{
     SandboxMode,
-    service::{ExecutorConfig, run},
+    kubernetes::KubernetesConfig,
+    service::{ExecutorConfig, run, run_kubernetes},
     worker::WorkerConfig,
 };
 use tracing_subscriber::EnvFilter;
@@ -16,6 +17,9 @@ use tracing_subscriber::EnvFilter;
 enum Backend {
     /// Sandboxed processes on this machine (cgroup limits where the host allows).
     Local,
+    /// Runtime pods created through the Kubernetes API (a node agent runs them in standalone
+    /// mode).
+    Kubernetes,
 }
 
 /// Runs kubefaas invocations from the queue.
@@ -34,6 +38,9 @@ struct Flags {
     /// Where function instances run.
     #[arg(long, env = "KUBEFAAS_BACKEND", value_enum, default_value = "local")]
     backend: Backend,
+    /// Registry prefix of runtime images for the kubernetes backend (e.g. `registry.example/kf`).
+    #[arg(long, env = "KUBEFAAS_IMAGE_PREFIX", default_value = "")]
+    image_prefix: String,
     /// Working directory of the local backend (instances, caches).
     #[arg(long, env = "KUBEFAAS_WORK_DIR", default_value = "/var/lib/kubefaas-executor")]
     work_dir: PathBuf,
@@ -67,13 +74,14 @@ async fn main() -> ExitCode {
         )
         .init();
     let flags = Flags::parse();
-    let Backend::Local = flags.backend;
     let name = flags.name.unwrap_or_else(|| {
         let host = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "executor".to_owned());
         format!("{host}-{}", std::process::id())
     });
+    let mut kubernetes = KubernetesConfig::new(&name);
+    kubernetes.image_prefix = flags.image_prefix;
     let mut worker = WorkerConfig::new(name);
     worker.max_in_flight = flags.max_in_flight.max(1);
     worker.lease = Duration::from_secs(flags.lease_seconds.max(1));
@@ -88,7 +96,12 @@ async fn main() -> ExitCode {
         http_addr: flags.http_addr,
         grace: Duration::from_secs(flags.grace_seconds),
     };
-    match run(config, kubefaas_core::service::shutdown_signal()).await {
+    let shutdown = kubefaas_core::service::shutdown_signal();
+    let result = match flags.backend {
+        Backend::Local => run(config, shutdown).await,
+        Backend::Kubernetes => run_kubernetes(config, kubernetes, shutdown).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, "kubefaas-executor stopped");

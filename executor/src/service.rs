@@ -13,8 +13,9 @@ use kubefaas_core::{
 use crate::{
     Driver, DriverConfig, Pool, SandboxMode,
     functions::KubeFunctions,
+    kubernetes::{KubernetesBackend, KubernetesConfig},
     metrics::ExecutorMetrics,
-    worker::{FunctionSource, Worker, WorkerConfig, WorkerError},
+    worker::{Backend, FunctionSource, Worker, WorkerConfig, WorkerError},
 };
 
 /// Everything the executor needs to start.
@@ -80,10 +81,41 @@ pub async fn run(
     run_with(config, KubeFunctions::new(client), shutdown).await
 }
 
-/// Runs the executor with `functions` as the source of functions.
+/// Runs the executor with functions from the Kubernetes API and the `kubernetes` backend:
+/// invocations run in runtime pods (see [`crate::kubernetes`]).
+pub async fn run_kubernetes(
+    config: ExecutorConfig,
+    kubernetes: KubernetesConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let client = kube::Client::try_default().await.map_err(ServiceError::Kube)?;
+    let backend = KubernetesBackend::start(client.clone(), kubernetes).await;
+    run_with_backend(config, KubeFunctions::new(client), backend, shutdown).await
+}
+
+/// Runs the executor with `functions` as the source of functions and the local backend.
 pub async fn run_with<S: FunctionSource>(
     config: ExecutorConfig,
     functions: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let mut driver_config = DriverConfig::under(&config.work_dir);
+    driver_config.sandbox = config.sandbox;
+    let driver = Driver::new(driver_config).map_err(ServiceError::Driver)?;
+    tracing::info!(sandbox = ?driver.sandbox(), "runtime driver ready");
+    let pool = Arc::new(Pool::new(driver));
+    let reaper = pool.spawn_reaper(Duration::from_secs(5));
+    let result = run_with_backend(config, functions, Arc::clone(&pool), shutdown).await;
+    reaper.abort();
+    pool.clear();
+    result
+}
+
+/// Runs the executor with `functions` as the source of functions and `backend` running them.
+pub async fn run_with_backend<S: FunctionSource, B: Backend>(
+    config: ExecutorConfig,
+    functions: S,
+    backend: B,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let shutdown = shutdown.boxed().shared();
@@ -93,13 +125,6 @@ pub async fn run_with<S: FunctionSource>(
     let queue_config =
         QueueConfig { prefix: config.queue_prefix.clone(), ..QueueConfig::default() };
     let queue = Queue::connect(redis, &queue_config).await?;
-
-    let mut driver_config = DriverConfig::under(&config.work_dir);
-    driver_config.sandbox = config.sandbox;
-    let driver = Driver::new(driver_config).map_err(ServiceError::Driver)?;
-    tracing::info!(sandbox = ?driver.sandbox(), "runtime driver ready");
-    let pool = Arc::new(Pool::new(driver));
-    let reaper = pool.spawn_reaper(Duration::from_secs(5));
 
     let metrics = Arc::new(ExecutorMetrics::default());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -133,12 +158,9 @@ pub async fn run_with<S: FunctionSource>(
     };
 
     tracing::info!(name = %config.worker.name, http = %http_addr, "kubefaas-executor running");
-    let worker =
-        Worker::new(config.worker.clone(), store, queue, Arc::clone(&pool), functions, metrics);
+    let worker = Worker::new(config.worker.clone(), store, queue, backend, functions, metrics);
     let result = worker.run(shutdown, config.grace).await;
     stats.abort();
-    reaper.abort();
-    pool.clear();
     match http.await {
         Ok(Ok(())) => {}
         Ok(Err(source)) => return Err(ServiceError::Serve { addr: http_addr, source }),

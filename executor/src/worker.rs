@@ -7,7 +7,8 @@
 //!    A duplicate of a finished invocation, or one another executor holds, is acknowledged and
 //!    dropped: the row, not the message, decides who runs it.
 //! 2. resolve the function (code, limits, scaling, retry policy) through a [`FunctionSource`].
-//! 3. run it on the [`Pool`] while a task renews the lease.
+//! 3. run it on the [`Backend`] (the local [`Pool`], or runtime pods) while a task renews the
+//!    lease.
 //! 4. commit: `store.complete` (only the lease holder's attempt is accepted), publish the
 //!    completion, acknowledge the message. Retryable failures go back through
 //!    `store.retry_later` and the queue's delayed set with exponential backoff.
@@ -43,6 +44,34 @@ use crate::{
     FunctionSpec, Invocation, Pool, Request, Scaling,
     error::{error_types, platform_error},
 };
+
+/// Where the worker runs invocations: the local [`Pool`] (sandboxed processes on this
+/// machine) or [`crate::kubernetes::KubernetesBackend`] (runtime pods).
+pub trait Backend: Send + Sync + 'static {
+    /// Why an invocation could not be run at all (as opposed to the function failing).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Runs `request` on an instance of `function` (of `namespace`), waiting for a free one.
+    fn invoke(
+        &self,
+        namespace: &str,
+        function: &Arc<ResolvedFunction>,
+        request: &Request,
+    ) -> impl Future<Output = Result<Invocation, Self::Error>> + Send;
+}
+
+impl Backend for Arc<Pool> {
+    type Error = crate::Error;
+
+    async fn invoke(
+        &self,
+        _namespace: &str,
+        function: &Arc<ResolvedFunction>,
+        request: &Request,
+    ) -> Result<Invocation, crate::Error> {
+        Pool::invoke(self, Arc::clone(&function.spec), function.scaling, request).await
+    }
+}
 
 /// Failures of the worker itself (not of functions).
 #[derive(Debug, thiserror::Error)]
@@ -155,23 +184,23 @@ impl WorkerObserver for NoObserver {}
 
 /// The consumer and its background duties.
 #[derive(Debug)]
-pub struct Worker<S, O = NoObserver> {
+pub struct Worker<S, O = NoObserver, B = Arc<Pool>> {
     config: WorkerConfig,
     store: Store,
     queue: Queue,
-    pool: Arc<Pool>,
+    backend: B,
     functions: S,
     observer: O,
     concurrency: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
 }
 
-impl<S: FunctionSource, O: WorkerObserver> Worker<S, O> {
+impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
     /// A worker over these parts.
     pub fn new(
         config: WorkerConfig,
         store: Store,
         queue: Queue,
-        pool: Arc<Pool>,
+        backend: B,
         functions: S,
         observer: O,
     ) -> Arc<Self> {
@@ -179,7 +208,7 @@ impl<S: FunctionSource, O: WorkerObserver> Worker<S, O> {
             config,
             store,
             queue,
-            pool,
+            backend,
             functions,
             observer,
             concurrency: Mutex::default(),
@@ -305,8 +334,7 @@ impl<S: FunctionSource, O: WorkerObserver> Worker<S, O> {
         let run = {
             let _slot = self.function_slot(&job, &function).acquire_owned().await;
             let renewer = self.renew_while_running(lease.clone());
-            let run =
-                self.pool.invoke(Arc::clone(&function.spec), function.scaling, &request).await;
+            let run = self.backend.invoke(&job.namespace, &function, &request).await;
             renewer.abort();
             run
         };

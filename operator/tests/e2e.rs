@@ -1,6 +1,7 @@
 //! End to end with the real binaries as separate processes: `kubefaas-apiserver` (the standalone
-//! control plane), `kubefaas-operator` and `kubefaas-executor` (local backend) against real
-//! PostgreSQL and Redis, driven with the real `kubectl`.
+//! control plane), `kubefaas-operator` and `kubefaas-executor` (local backend; or the kubernetes
+//! backend with the apiserver's node agent running the pods) against real PostgreSQL and Redis,
+//! driven with the real `kubectl`.
 //!
 //! Needs `DATABASE_URL`, `REDIS_URL` (`make test` provides both) and the workspace's binaries
 //! built (`cargo nextest run --workspace` / `cargo test --workspace` build them).
@@ -54,14 +55,26 @@ struct Platform {
     database_url: String,
     redis_url: String,
     prefix: String,
+    /// With the node agent and the executor's kubernetes backend: where pods live (short, for
+    /// the unix socket paths below it).
+    node_dir: Option<PathBuf>,
 }
 
 impl Platform {
     async fn start() -> Self {
-        Self::start_with_redis(env("REDIS_URL")).await
+        Self::start_full(false, env("REDIS_URL")).await
+    }
+
+    /// `kubernetes`: the apiserver runs its node agent and the executor runs invocations in pods.
+    async fn start_with(kubernetes: bool) -> Self {
+        Self::start_full(kubernetes, env("REDIS_URL")).await
     }
 
     async fn start_with_redis(redis_url: String) -> Self {
+        Self::start_full(false, redis_url).await
+    }
+
+    async fn start_full(kubernetes: bool, redis_url: String) -> Self {
         let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let schema = format!("e2e_{}", Uuid::new_v4().simple());
@@ -86,6 +99,10 @@ impl Platform {
             database_url,
             redis_url,
             prefix: format!("e2e-{}", Uuid::new_v4().simple()),
+            node_dir: kubernetes.then(|| {
+                std::env::temp_dir()
+                    .join(format!("kfe-{}", &Uuid::new_v4().simple().to_string()[..8]))
+            }),
         };
         platform.apiserver = Some(platform.start_apiserver().await);
         platform.kubectl_ok(&["apply", "-f", repo().join("crds").to_str().unwrap()]).await;
@@ -101,9 +118,12 @@ impl Platform {
     }
 
     async fn start_apiserver(&self) -> Child {
-        let mut child = Command::new(binary("kubefaas-apiserver"))
-            .args(["--listen", "127.0.0.1:0", "--kubeconfig"])
-            .arg(self.kubeconfig())
+        let mut command = Command::new(binary("kubefaas-apiserver"));
+        command.args(["--listen", "127.0.0.1:0", "--kubeconfig"]).arg(self.kubeconfig());
+        if let Some(node_dir) = &self.node_dir {
+            command.args(["--node-agent", "--node-dir"]).arg(node_dir);
+        }
+        let mut child = command
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -141,6 +161,8 @@ impl Platform {
                 &name,
                 "--lease-seconds",
                 "3",
+                "--backend",
+                if self.node_dir.is_some() { "kubernetes" } else { "local" },
             ],
         );
         self.executors.push(child);
@@ -265,6 +287,9 @@ impl Drop for Platform {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            if let Some(node_dir) = &self.node_dir {
+                let _ = std::fs::remove_dir_all(node_dir);
+            }
         }
     }
 }
@@ -274,6 +299,24 @@ fn function(name: &str, runtime: &str, handler: &str, code: &str, extra: &str) -
     format!(
         "apiVersion: kubefaas.io/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: {runtime}\n  handler: {handler}\n  code:\n    inline: |\n{code}\n{extra}"
     )
+}
+
+/// A function that allocates until it is killed at its 64 MiB limit ends `Failed` with
+/// `OutOfMemory`.
+async fn memory_hog_fails_out_of_memory(platform: &Platform) {
+    platform
+        .apply(&function(
+            "hog",
+            "python",
+            "main.handler",
+            "def handler(event, context):\n    blocks = []\n    while True:\n        blocks.append(bytearray(16 * 1024 * 1024))",
+            "  resources:\n    memory: 64Mi\n    cpu: 500m\n",
+        ))
+        .await;
+    platform.wait_phase("function/hog", "Ready").await;
+    platform.invoke("hog-once", "hog", "{}").await;
+    let oom = platform.wait_phase("invocation/hog-once", "Failed").await;
+    assert_eq!(oom["status"]["error"]["type"], "OutOfMemory", "{}", oom["status"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,19 +392,7 @@ async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
     assert_eq!(timed_out["status"]["error"]["type"], "TimedOut");
 
     // A memory hog is killed at its memory limit.
-    platform
-        .apply(&function(
-            "hog",
-            "python",
-            "main.handler",
-            "def handler(event, context):\n    blocks = []\n    while True:\n        blocks.append(bytearray(16 * 1024 * 1024))",
-            "  resources:\n    memory: 64Mi\n    cpu: 500m\n",
-        ))
-        .await;
-    platform.wait_phase("function/hog", "Ready").await;
-    platform.invoke("hog-once", "hog", "{}").await;
-    let oom = platform.wait_phase("invocation/hog-once", "Failed").await;
-    assert_eq!(oom["status"]["error"]["type"], "OutOfMemory", "{}", oom["status"]);
+    memory_hog_fails_out_of_memory(&platform).await;
 
     // Editing the code changes the next result.
     platform
@@ -638,4 +669,139 @@ async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
         runs.len() - COUNT
     );
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the_node_agent() {
+    let platform = Platform::start_with(true).await;
+    let examples = repo().join("examples");
+    platform.kubectl_ok(&["apply", "-f", examples.join("function.yaml").to_str().unwrap()]).await;
+    let ready = platform.wait_phase("function/hello", "Ready").await;
+    platform.kubectl_ok(&["apply", "-f", examples.join("invocation.yaml").to_str().unwrap()]).await;
+    let done = platform.wait_phase("invocation/hello-once", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["message"], "Hello, kubefaas!");
+    assert!(
+        done["status"]["logs"].as_str().unwrap().contains("greeting kubefaas"),
+        "{}",
+        done["status"]
+    );
+    assert_eq!(done["status"]["metrics"]["coldStart"], true, "the first invocation made the pod");
+    platform.invoke("hello-twice", "hello", "{name: again}").await;
+    let warm = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
+    assert_eq!(warm["status"]["result"]["message"], "Hello, again!");
+    assert_eq!(warm["status"]["metrics"]["coldStart"], false, "the warm pod was reused");
+
+    // The pods as kubectl shows them: restricted, owned by the Function, on their own address.
+    let pods: Value = serde_json::from_str(
+        &platform
+            .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=hello", "-o", "json"])
+            .await,
+    )
+    .unwrap();
+    let pods = pods["items"].as_array().unwrap();
+    assert_eq!(pods.len(), 1, "one pod serves invocations one after another");
+    let pod = &pods[0];
+    assert!(pod["status"]["podIP"].as_str().unwrap().starts_with("127."), "{}", pod["status"]);
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Function");
+    assert_eq!(owner["uid"], ready["metadata"]["uid"]);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let security = &pod["spec"]["containers"][0]["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let limits = &pod["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["memory"], (128u64 << 20).to_string());
+    assert_eq!(limits["cpu"], "100m");
+
+    // Scaling: an idle pod is reaped after idleTimeoutSeconds, minWarm pods are kept (and
+    // started), maxInstances caps the pods however many invocations wait.
+    let sleepy = "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return 'ok'";
+    for (name, scaling) in [
+        ("idle", "minWarm: 0, maxInstances: 3, idleTimeoutSeconds: 1"),
+        ("warm", "minWarm: 2, maxInstances: 2, idleTimeoutSeconds: 1"),
+        ("single", "minWarm: 0, maxInstances: 1, idleTimeoutSeconds: 600"),
+    ] {
+        let extra = format!("  maxConcurrency: 3\n  scaling: {{{scaling}}}\n");
+        platform.apply(&function(name, "python", "main.handler", sleepy, &extra)).await;
+        platform.wait_phase(&format!("function/{name}"), "Ready").await;
+    }
+    for (invocation, function) in [
+        ("idle-1", "idle"),
+        ("warm-1", "warm"),
+        ("single-1", "single"),
+        ("single-2", "single"),
+        ("single-3", "single"),
+    ] {
+        platform.invoke(invocation, function, "{sleep: 1}").await;
+    }
+    for invocation in ["idle-1", "warm-1", "single-1", "single-2", "single-3"] {
+        platform.wait_phase(&format!("invocation/{invocation}"), "Succeeded").await;
+    }
+    let ready_pods = |function: &'static str| {
+        let platform = &platform;
+        async move {
+            let pods: Value = serde_json::from_str(
+                &platform
+                    .kubectl_ok(&[
+                        "get",
+                        "pods",
+                        "-l",
+                        &format!("kubefaas.io/function={function}"),
+                        "-o",
+                        "json",
+                    ])
+                    .await,
+            )
+            .unwrap();
+            pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["status"]["podIP"].is_string())
+                .count()
+        }
+    };
+    let eventually = |function: &'static str, count: usize| {
+        let ready_pods = &ready_pods;
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while ready_pods(function).await != count {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{function} never had {count} pods"));
+        }
+    };
+    eventually("idle", 0).await;
+    eventually("warm", 2).await;
+    assert_eq!(
+        ready_pods("single").await,
+        1,
+        "maxInstances 1: three invocations took turns on one pod"
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(ready_pods("warm").await, 2, "minWarm pods outlive the idle timeout");
+
+    // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
+    memory_hog_fails_out_of_memory(&platform).await;
+
+    // Deleting the Function garbage-collects its pods, and the node agent stops them.
+    platform.kubectl_ok(&["delete", "function", "hello", "--wait=true"]).await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let left = platform
+                .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=hello", "-o", "name"])
+                .await;
+            if left.trim().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the deleted function's pods stay\n{}", platform.logs()));
 }

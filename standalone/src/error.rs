@@ -48,6 +48,9 @@ pub enum Error {
     /// The HTTP server stopped with an error.
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    /// The node agent could not start.
+    #[error("node agent")]
+    NodeAgent(#[from] crate::node::NodeError),
 }
 
 /// A failed request, as the Kubernetes API reports it: HTTP code, `reason` and message.

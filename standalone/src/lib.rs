@@ -16,6 +16,7 @@ mod discovery;
 mod error;
 mod gc;
 pub mod kubeconfig;
+pub mod node;
 mod openapi;
 mod patch;
 mod protobuf;
@@ -49,6 +50,9 @@ pub struct Config {
     pub history: usize,
     /// How often watches that allow bookmarks receive one.
     pub bookmark_interval: Duration,
+    /// Also run the node agent ([`node::NodeAgent`]) with this configuration ([`run`] only;
+    /// in-process users start it themselves with [`ApiServer::client`]).
+    pub node_agent: Option<node::NodeConfig>,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             kubeconfig: None,
             history: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            node_agent: None,
         }
     }
 }
@@ -114,6 +119,11 @@ impl ApiServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A `kube` client for this server (plain HTTP, namespace `default`).
+    pub fn client(&self) -> Result<kube::Client, Error> {
+        Ok(node::client_for(self.addr)?)
     }
 
     /// The kubeconfig text for this server.
@@ -172,8 +182,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         kubeconfig = ?config.kubeconfig,
         "kubefaas-apiserver ready"
     );
+    let agent = match config.node_agent {
+        Some(node) => Some(node::NodeAgent::start(server.client()?, node)?),
+        None => None,
+    };
     shutdown_signal().await;
     tracing::info!("stopping");
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     server.shutdown().await
 }
 

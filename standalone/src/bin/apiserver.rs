@@ -19,13 +19,35 @@ struct Args {
     /// Directory to persist objects in; omit to keep everything in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also run the node agent: pods with kubefaas runtime images run as local watchdogs.
+    #[arg(long)]
+    node_agent: bool,
+    /// The node agent's `kubefaas-watchdog` (default: next to this program, else on the PATH).
+    #[arg(long, requires = "node_agent")]
+    watchdog: Option<PathBuf>,
+    /// Where the node agent keeps pod directories (default: `node` in the data directory,
+    /// else in the system's temporary directory).
+    #[arg(long, requires = "node_agent")]
+    node_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_target(false).with_max_level(tracing::Level::INFO).init();
     let args = Args::parse();
+    let node_agent = args.node_agent.then(|| {
+        let dir = args.node_dir.clone().unwrap_or_else(|| match &args.data_dir {
+            Some(data) => data.join("node"),
+            None => std::env::temp_dir().join(format!("kubefaas-node-{}", std::process::id())),
+        });
+        let mut node = kubefaas_standalone::node::NodeConfig::new(dir);
+        if let Some(watchdog) = args.watchdog.clone() {
+            node.watchdog = watchdog;
+        }
+        node
+    });
     let config = kubefaas_standalone::Config {
+        node_agent,
         listen: args.listen,
         data_dir: args.data_dir,
         kubeconfig: args.kubeconfig,

@@ -1,0 +1,593 @@
+//! One pod on this machine: its directories and volumes, a supervisor per container that runs
+//! the watchdog in the container's cgroup, restarts it by the pod's `restartPolicy` and probes
+//! its readiness, and the status written back to the API.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use super::cgroup::Cgroup;
+use super::process::{Signal, kill_group};
+use super::spec::{self, Plan, Refusal, VolumeSource, watchdog_env};
+use super::{Agent, NodeError};
+
+/// What one container is doing, as `containerStatuses` reports it.
+#[derive(Clone, Debug, Default)]
+struct ContainerState {
+    name: String,
+    image: String,
+    /// `state`: one of `waiting`, `running`, `terminated`.
+    state: Value,
+    /// `lastState`: the previous run's termination, if any.
+    last_state: Value,
+    ready: bool,
+    restarts: u32,
+}
+
+impl ContainerState {
+    fn running(&self) -> bool {
+        self.state.get("running").is_some()
+    }
+
+    fn terminated(&self) -> Option<i64> {
+        self.state.get("terminated").map(|t| t["exitCode"].as_i64().unwrap_or(1))
+    }
+
+    fn to_json(&self, uid: &str) -> Value {
+        json!({
+            "name": self.name,
+            "image": self.image,
+            "imageID": "",
+            "containerID": format!("kubefaas://{uid}/{}", self.name),
+            "ready": self.ready,
+            "started": self.running(),
+            "restartCount": self.restarts,
+            "state": self.state,
+            "lastState": self.last_state,
+        })
+    }
+}
+
+fn waiting(reason: &str, message: &str) -> Value {
+    json!({"waiting": {"reason": reason, "message": message}})
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Runs `pod` until `stop` turns true, then stops its processes and removes its files.
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    pod: Pod,
+    ip: Ipv4Addr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // Short: unix socket paths below it must stay under 108 bytes. The address is unique while
+    // the pod lives, and the directory goes before the address is released.
+    let dir = agent.config.work_dir.join(ip.to_string());
+    let api: Api<Pod> = Api::namespaced(agent.client.clone(), &namespace);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let mut status = PodStatus {
+        uid: uid.clone(),
+        ip,
+        start_time: now(),
+        ready_since: now(),
+        restart_policy: restart_policy.clone(),
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| ContainerState {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                state: waiting("ContainerCreating", ""),
+                ..ContainerState::default()
+            })
+            .collect(),
+    };
+    status.write(&api, &name).await;
+
+    let (updates, mut updated) = mpsc::unbounded_channel::<(usize, ContainerState)>();
+    let mut supervisors = tokio::task::JoinSet::new();
+    match prepare(&agent, &pod, &dir, &api, &name, &mut status, &mut stop).await {
+        Ok(volumes) => {
+            for (index, container) in spec.containers.iter().enumerate() {
+                let volume_dir = |v: &str| {
+                    volumes.get(v).cloned().unwrap_or_else(|| dir.join("missing").join(v))
+                };
+                match spec::plan(container, ip, &dir.join("root"), &volume_dir) {
+                    Ok(plan) => {
+                        let supervisor = Supervisor {
+                            agent: Arc::clone(&agent),
+                            index,
+                            state: status.containers[index].clone(),
+                            plan,
+                            ip,
+                            cgroup_name: format!("{uid}-{}", container.name),
+                            root: dir.join("root"),
+                            log: dir.join(format!("{}.log", container.name)),
+                            restart_policy: restart_policy.clone(),
+                            updates: updates.clone(),
+                        };
+                        supervisors.spawn(supervisor.run(stop.clone()));
+                    }
+                    Err(Refusal { reason, message }) => {
+                        tracing::warn!(pod = %name, container = %container.name, reason, %message, "container cannot run");
+                        status.containers[index].state = waiting(reason, &message);
+                    }
+                }
+            }
+        }
+        Err(Some(Refusal { reason, message })) => {
+            for c in &mut status.containers {
+                c.state = waiting(reason, &message);
+            }
+        }
+        Err(None) => {}
+    }
+    drop(updates);
+    status.write(&api, &name).await;
+    loop {
+        tokio::select! {
+            update = updated.recv() => match update {
+                Some((index, state)) => {
+                    if let Some(slot) = status.containers.get_mut(index) {
+                        if state.ready && !slot.ready { status.ready_since = now(); }
+                        *slot = state;
+                    }
+                    while let Ok((index, state)) = updated.try_recv() {
+                        if let Some(slot) = status.containers.get_mut(index) { *slot = state; }
+                    }
+                    status.write(&api, &name).await;
+                }
+                // Every supervisor is done (or none could start): wait for the deletion.
+                None => { super::stopped(&mut stop).await; break; }
+            },
+            () = super::stopped(&mut stop) => break,
+        }
+    }
+    while supervisors.join_next().await.is_some() {}
+    if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(pod = %name, %error, "pod directory could not be removed");
+    }
+    tracing::info!(namespace, pod = %name, %ip, "pod stopped");
+}
+
+/// Makes the pod's directories and volumes. `Err(Some)` reports a refusal, `Err(None)` a stop.
+async fn prepare(
+    agent: &Agent,
+    pod: &Pod,
+    dir: &Path,
+    api: &Api<Pod>,
+    name: &str,
+    status: &mut PodStatus,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<BTreeMap<String, PathBuf>, Option<Refusal>> {
+    let volumes = spec::volumes(pod).map_err(Some)?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &namespace);
+    let mut dirs = BTreeMap::new();
+    let io_refusal = |e: std::io::Error| {
+        Some(Refusal {
+            reason: "CreateContainerError",
+            message: format!("preparing the pod's files: {e}"),
+        })
+    };
+    tokio::fs::create_dir_all(dir.join("root")).await.map_err(io_refusal)?;
+    for (volume, source) in volumes {
+        let target = dir.join("volumes").join(&volume);
+        tokio::fs::create_dir_all(&target).await.map_err(io_refusal)?;
+        if let VolumeSource::ConfigMap { name: cm, items, optional } = source {
+            loop {
+                match config_maps.get_opt(&cm).await {
+                    Ok(Some(config_map)) => {
+                        write_config_map(&config_map, &items, &target).await.map_err(io_refusal)?;
+                        break;
+                    }
+                    Ok(None) if optional => break,
+                    result => {
+                        let why = match result {
+                            Err(e) => e.to_string(),
+                            _ => format!("configmap {cm:?} not found"),
+                        };
+                        let message = format!("volume {volume:?}: {why}");
+                        for c in &mut status.containers {
+                            c.state = waiting("ContainerCreating", &message);
+                        }
+                        status.write(api, name).await;
+                        // A kubelet keeps retrying the mount; so does the agent.
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            () = super::stopped(stop) => return Err(None),
+                        }
+                    }
+                }
+            }
+        }
+        dirs.insert(volume, target);
+    }
+    Ok(dirs)
+}
+
+/// Writes the keys of `config_map` (or just `items`, key → relative path) below `target`.
+async fn write_config_map(
+    config_map: &ConfigMap,
+    items: &[(String, String)],
+    target: &Path,
+) -> std::io::Result<()> {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (k, v) in config_map.data.iter().flatten() {
+        files.insert(k.clone(), v.clone().into_bytes());
+    }
+    for (k, v) in config_map.binary_data.iter().flatten() {
+        files.insert(k.clone(), v.0.clone());
+    }
+    let wanted: Vec<(String, String)> = if items.is_empty() {
+        files.keys().map(|k| (k.clone(), k.clone())).collect()
+    } else {
+        items.to_vec()
+    };
+    for (key, path) in wanted {
+        let Some(bytes) = files.get(&key) else { continue };
+        // Kubernetes refuses `..` and absolute item paths; so does the agent.
+        if path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            continue;
+        }
+        let file = target.join(&path);
+        if let Some(parent) = file.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::write(file, bytes).await?;
+    }
+    Ok(())
+}
+
+/// The pod's status as the agent knows it.
+struct PodStatus {
+    uid: String,
+    ip: Ipv4Addr,
+    start_time: String,
+    ready_since: String,
+    restart_policy: String,
+    containers: Vec<ContainerState>,
+}
+
+impl PodStatus {
+    fn phase(&self) -> &'static str {
+        let all_terminated = self.containers.iter().all(|c| c.terminated().is_some());
+        if all_terminated && !self.containers.is_empty() && self.restart_policy != "Always" {
+            let ok = self.containers.iter().all(|c| c.terminated() == Some(0));
+            if ok || self.restart_policy == "Never" {
+                return if ok { "Succeeded" } else { "Failed" };
+            }
+        }
+        let started = self
+            .containers
+            .iter()
+            .all(|c| c.running() || c.terminated().is_some() || c.restarts > 0);
+        if started && !self.containers.is_empty() { "Running" } else { "Pending" }
+    }
+
+    fn to_json(&self) -> Value {
+        let ready = !self.containers.is_empty() && self.containers.iter().all(|c| c.ready);
+        let flag = |b: bool| if b { "True" } else { "False" };
+        let condition = |type_: &str, status: bool, since: &str| json!({"type": type_, "status": flag(status), "lastTransitionTime": since, "lastProbeTime": null});
+        json!({
+            "phase": self.phase(),
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.ip.to_string(),
+            "podIPs": [{"ip": self.ip.to_string()}],
+            "startTime": self.start_time,
+            "qosClass": "Burstable",
+            "conditions": [
+                condition("PodScheduled", true, &self.start_time),
+                condition("Initialized", true, &self.start_time),
+                condition("ContainersReady", ready, &self.ready_since),
+                condition("Ready", ready, &self.ready_since),
+            ],
+            "containerStatuses": self.containers.iter().map(|c| c.to_json(&self.uid)).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Writes the status; a pod that is gone is not an error (its task is about to stop).
+    async fn write(&self, api: &Api<Pod>, name: &str) {
+        let patch = Patch::Merge(json!({"status": self.to_json()}));
+        match api.patch_status(name, &PatchParams::default(), &patch).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(error) => tracing::warn!(pod = %name, %error, "pod status could not be written"),
+        }
+    }
+}
+
+/// Runs one container: start, watch, restart.
+struct Supervisor {
+    agent: Arc<Agent>,
+    index: usize,
+    state: ContainerState,
+    plan: Plan,
+    ip: Ipv4Addr,
+    cgroup_name: String,
+    root: PathBuf,
+    log: PathBuf,
+    restart_policy: String,
+    updates: mpsc::UnboundedSender<(usize, ContainerState)>,
+}
+
+/// How one run of a container ended.
+struct Exit {
+    code: i64,
+    reason: &'static str,
+    started_at: String,
+    message: Option<String>,
+}
+
+/// Exit code the cgroup-joining shell uses when it could not join.
+const JOIN_FAILED: i32 = 125;
+
+impl Supervisor {
+    fn send(&self) {
+        let _ = self.updates.send((self.index, self.state.clone()));
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let exit = match self.run_once(&mut stop).await {
+                Ok(Some(exit)) => exit,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(container = %self.state.name, %error, "container could not start");
+                    Exit {
+                        code: 128,
+                        reason: "StartError",
+                        started_at: now(),
+                        message: Some(error.to_string()),
+                    }
+                }
+            };
+            let mut terminated = json!({
+                "exitCode": exit.code,
+                "reason": exit.reason,
+                "startedAt": exit.started_at,
+                "finishedAt": now(),
+                "containerID": format!("kubefaas://{}", self.cgroup_name),
+            });
+            if let Some(message) = exit.message {
+                terminated["message"] = json!(message);
+            }
+            tracing::info!(container = %self.cgroup_name, code = exit.code, reason = exit.reason, "container terminated");
+            self.state.ready = false;
+            let restart = match self.restart_policy.as_str() {
+                "Never" => false,
+                "OnFailure" => exit.code != 0,
+                _ => true,
+            };
+            if !restart {
+                self.state.state = json!({"terminated": terminated});
+                self.send();
+                return;
+            }
+            // Shorter than a kubelet's (10 s doubling to 5 min): this is a development machine.
+            let backoff = Duration::from_millis(500 * 2u64.pow(self.state.restarts.min(5)));
+            self.state.last_state = json!({"terminated": terminated});
+            self.state.state = waiting(
+                "CrashLoopBackOff",
+                &format!("back-off {}ms restarting failed container", backoff.as_millis()),
+            );
+            self.state.restarts += 1;
+            self.send();
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = super::stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// One run; `None` when stopped.
+    async fn run_once(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Exit>, NodeError> {
+        let agent = Arc::clone(&self.agent);
+        let cgroup: Option<Cgroup> = match &agent.cgroups {
+            Some(h) => {
+                Some(h.create(&self.cgroup_name, self.plan.limits).map_err(NodeError::Cgroup)?)
+            }
+            None => None,
+        };
+        for key in [watchdog_env::WORK_DIR] {
+            if let Some(dir) = self.plan.env.get(key) {
+                tokio::fs::create_dir_all(dir).await.map_err(NodeError::Files)?;
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(NodeError::Files)?;
+        let log2 = log.try_clone().map_err(NodeError::Files)?;
+        // [cgroup join script] [setpriv --pdeathsig KILL --] watchdog args…
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(cgroup) = &cgroup {
+            let procs: Vec<String> =
+                cgroup.procs_files().iter().map(|p| p.display().to_string()).collect();
+            argv.extend([
+                "/bin/sh".into(),
+                "-c".into(),
+                super::cgroup::join_script().into(),
+                "kubefaas-container".into(),
+                procs.join(":"),
+            ]);
+        }
+        if let Some(setpriv) = &agent.setpriv {
+            argv.extend([
+                setpriv.display().to_string(),
+                "--pdeathsig".into(),
+                "KILL".into(),
+                "--".into(),
+            ]);
+        }
+        argv.push(agent.config.watchdog.display().to_string());
+        argv.extend(self.plan.args.iter().cloned());
+        let mut command = tokio::process::Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .env_clear()
+            .envs(&self.plan.env)
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(true);
+        if cgroup.is_none() {
+            // No container cgroup: let the driver limit the instance itself (rlimits).
+            command.env(watchdog_env::SANDBOX, "auto");
+        }
+        let mut child = command.spawn().map_err(NodeError::Spawn)?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        let started_at = now();
+        self.state.state = json!({"running": {"startedAt": started_at}});
+        self.send();
+
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks: u32 = 0;
+        let mut oom = false;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.ok(),
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if let Some(cgroup) = &cgroup && cgroup.oom_kills() > 0 && !oom {
+                        // One process was killed; the container goes as a whole (memory.oom.group).
+                        oom = true;
+                        cgroup.kill_all();
+                    }
+                    let every = if self.state.ready { 20 } else { 3 };
+                    if ticks.is_multiple_of(every) {
+                        let ready = probe(self.ip, self.plan.port, &self.plan.ready_path).await;
+                        if ready != self.state.ready {
+                            self.state.ready = ready;
+                            self.send();
+                        }
+                    }
+                }
+                () = super::stopped(stop) => {
+                    if let Some(pid) = pid { kill_group(pid, Signal::Term); }
+                    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+                        if let Some(pid) = pid { kill_group(pid, Signal::Kill); }
+                        let _ = child.kill().await;
+                    }
+                    drop(cgroup);
+                    return Ok(None);
+                }
+            }
+        };
+        oom |= cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        if let Some(pid) = pid {
+            kill_group(pid, Signal::Kill);
+        }
+        drop(cgroup);
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.map_or(128, |s| {
+            s.code().map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from)
+        });
+        let (code, reason, message) = if oom {
+            (137, "OOMKilled", None)
+        } else if code == i64::from(JOIN_FAILED) {
+            (code, "StartError", Some("the container could not join its cgroup".to_owned()))
+        } else if code == 0 {
+            (0, "Completed", None)
+        } else {
+            (code, "Error", None)
+        };
+        Ok(Some(Exit { code, reason, started_at, message }))
+    }
+}
+
+/// An HTTP GET of `path` on the pod's address: ready on a 2xx or 3xx answer within a second.
+async fn probe(ip: Ipv4Addr, port: u16, path: &str) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kubefaas-node-agent\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        let code = std::str::from_utf8(&head[9..12]).ok()?.parse::<u16>().ok()?;
+        Some((200..400).contains(&code))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(policy: &str, states: &[Value]) -> PodStatus {
+        PodStatus {
+            uid: "u".into(),
+            ip: Ipv4Addr::new(127, 1, 0, 1),
+            start_time: now(),
+            ready_since: now(),
+            restart_policy: policy.into(),
+            containers: states
+                .iter()
+                .map(|s| ContainerState {
+                    name: "c".into(),
+                    state: s.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn terminated(code: i64) -> Value {
+        json!({"terminated": {"exitCode": code, "reason": "Error"}})
+    }
+
+    #[test]
+    fn phase_follows_the_containers_and_the_restart_policy() {
+        let running = json!({"running": {"startedAt": now()}});
+        assert_eq!(status("Always", &[waiting("ErrImagePull", "no")]).phase(), "Pending");
+        assert_eq!(status("Always", std::slice::from_ref(&running)).phase(), "Running");
+        assert_eq!(status("Always", &[running, waiting("ErrImagePull", "")]).phase(), "Pending");
+        assert_eq!(status("Never", &[terminated(0)]).phase(), "Succeeded");
+        assert_eq!(status("Never", &[terminated(137)]).phase(), "Failed");
+        assert_eq!(status("OnFailure", &[terminated(0)]).phase(), "Succeeded");
+    }
+
+    #[test]
+    fn ready_conditions_need_every_container_ready() {
+        let mut pod = status("Always", &[json!({"running": {}}), json!({"running": {}})]);
+        pod.containers[0].ready = true;
+        let json = pod.to_json();
+        let ready = json["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready");
+        assert_eq!(ready.unwrap()["status"], "False");
+        pod.containers[1].ready = true;
+        assert_eq!(pod.to_json()["conditions"][3]["status"], "True");
+        assert_eq!(pod.to_json()["podIP"], "127.1.0.1");
+        assert_eq!(pod.to_json()["containerStatuses"][1]["started"], true);
+    }
+}

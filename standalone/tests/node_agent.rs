@@ -1,0 +1,323 @@
+//! The node agent with the real `kubefaas-watchdog` and python: pods of runtime images become
+//! Ready on their own loopback address, answer `/invoke`, are `OOMKilled` over their memory
+//! limit, refuse images they cannot run, and stop when deleted.
+//!
+//! Needs the workspace's binaries built (`cargo test --workspace` / `make test` build them) and
+//! `python3`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kubefaas_standalone::node::{NodeAgent, NodeConfig};
+use kubefaas_standalone::{ApiServer, Config};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bound on any wait, so a broken agent fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const HANDLER: &str = r#"
+import os
+def main(event, context):
+    if event.get("hog"):
+        hog = []
+        while True:
+            hog.append(bytearray(16 * 1024 * 1024))
+    return {"hello": event.get("name"), "greeting": os.environ.get("GREETING")}
+"#;
+
+fn watchdog() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_BIN_EXE_kubefaas-apiserver")).with_file_name("kubefaas-watchdog");
+    assert!(
+        path.exists(),
+        "{} is not built; build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// An API server and a node agent of one test.
+struct Node {
+    server: Option<ApiServer>,
+    agent: Option<NodeAgent>,
+    client: kube::Client,
+    dir: PathBuf,
+}
+
+impl Node {
+    async fn start() -> Self {
+        let server = ApiServer::start(Config::default()).await.unwrap();
+        let client = server.client().unwrap();
+        let dir = std::env::temp_dir()
+            .join(format!("kfn-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let mut config = NodeConfig::new(&dir);
+        config.watchdog = watchdog();
+        let agent = NodeAgent::start(client.clone(), config).unwrap();
+        create_code(&client).await;
+        Self { server: Some(server), agent: Some(agent), client, dir }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::default_namespaced(self.client.clone())
+    }
+
+    async fn create(&self, pod: Value) -> Pod {
+        self.pods()
+            .create(&PostParams::default(), &serde_json::from_value(pod).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn wait(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        wait(&self.client, name, what, check).await
+    }
+
+    async fn ready(&self, name: &str) -> Value {
+        self.wait(name, "Ready", |p| condition(p, "Ready") == "True").await
+    }
+
+    async fn stop(mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.shutdown().await;
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The ConfigMap `hello-code` with [`HANDLER`] as `handler.py`.
+async fn create_code(client: &kube::Client) {
+    let configs: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let code = serde_json::from_value(json!({
+        "metadata": {"name": "hello-code"}, "data": {"handler.py": HANDLER},
+    }))
+    .unwrap();
+    configs.create(&PostParams::default(), &code).await.unwrap();
+}
+
+/// Waits until `check` holds for the pod's JSON, and returns it.
+async fn wait(
+    client: &kube::Client,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut last = Value::Null;
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(pod) = pods.get_opt(name).await.unwrap() {
+                last = serde_json::to_value(pod).unwrap();
+                if check(&last) {
+                    return last.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("pod {name} never got {what}; last seen: {last:#}"))
+}
+
+fn condition(pod: &Value, type_: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn function_pod(name: &str, memory: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Always",
+            "containers": [{
+                "name": "function",
+                "image": "kubefaas/runtime-python:3.12",
+                "ports": [{"containerPort": 8080}],
+                "env": [
+                    {"name": "KUBEFAAS_HANDLER", "value": "handler.main"},
+                    {"name": "KUBEFAAS_CODE_DIR", "value": "/var/task"},
+                    {"name": "KUBEFAAS_WORK_DIR", "value": "/tmp/kubefaas"},
+                    {"name": "KUBEFAAS_LISTEN", "value": "0.0.0.0:8080"},
+                    {"name": "GREETING", "value": "hi"},
+                ],
+                "resources": {"limits": {"memory": memory, "cpu": "500m"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                "volumeMounts": [
+                    {"name": "code", "mountPath": "/var/task", "readOnly": true},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }],
+            "volumes": [
+                {"name": "code", "configMap": {"name": "hello-code"}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        },
+    })
+}
+
+/// `POST /invoke` on the pod's address; `None` when the connection broke.
+async fn invoke(pod: &Value, payload: Value) -> Option<Value> {
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    let body = json!({"payload": payload, "timeoutMs": 20_000}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "POST /invoke HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_pods_get_their_own_address_answer_invoke_and_stop_when_deleted() {
+    let node = Node::start().await;
+    node.create(function_pod("one", "128Mi")).await;
+    node.create(function_pod("two", "128Mi")).await;
+    let one = node.ready("one").await;
+    let two = node.ready("two").await;
+    assert_eq!(one["status"]["phase"], "Running");
+    let (ip1, ip2) =
+        (one["status"]["podIP"].as_str().unwrap(), two["status"]["podIP"].as_str().unwrap());
+    assert!(ip1.starts_with("127.") && ip2.starts_with("127."), "{ip1} {ip2}");
+    assert_ne!(ip1, ip2, "each pod has its own address, so both listen on 8080");
+    let status = &one["status"]["containerStatuses"][0];
+    assert_eq!(status["ready"], true);
+    assert!(status["state"]["running"]["startedAt"].is_string(), "{status}");
+    assert_eq!(status["restartCount"], 0);
+
+    let answer = invoke(&one, json!({"name": "kubefaas"})).await.expect("an answer");
+    assert_eq!(answer["result"], json!({"hello": "kubefaas", "greeting": "hi"}), "{answer}");
+    let answer = invoke(&two, json!({"name": "two"})).await.expect("an answer");
+    assert_eq!(answer["result"]["hello"], "two");
+
+    node.pods().delete("one", &DeleteParams::default()).await.unwrap();
+    let addr: SocketAddr = format!("{ip1}:8080").parse().unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the deleted pod's watchdog stops");
+    assert!(invoke(&two, json!({"name": "still"})).await.is_some(), "the other pod keeps running");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_memory_limit_is_oom_killed_and_restarted() {
+    let node = Node::start().await;
+    node.create(function_pod("hog", "96Mi")).await;
+    let pod = node.ready("hog").await;
+    // The answer is an error or a broken connection, depending on which the kill reaches first.
+    let answer = invoke(&pod, json!({"hog": true})).await;
+    assert!(answer.as_ref().is_none_or(|a| a["result"].is_null()), "{answer:?}");
+    let killed = node
+        .wait("hog", "an OOMKilled termination", |p| {
+            p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "OOMKilled"
+        })
+        .await;
+    let status = &killed["status"]["containerStatuses"][0];
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 137, "{status}");
+    assert!(status["restartCount"].as_u64().unwrap() >= 1, "{status}");
+    // Restarted by restartPolicy Always, and serving again.
+    let again = node
+        .wait("hog", "Ready after the restart", |p| {
+            condition(p, "Ready") == "True"
+                && p["status"]["containerStatuses"][0]["restartCount"] != 0
+        })
+        .await;
+    let answer = invoke(&again, json!({"name": "back"})).await.expect("an answer");
+    assert_eq!(answer["result"]["hello"], "back");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_image_cannot_run_waits_with_err_image_pull() {
+    let node = Node::start().await;
+    node.create(json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]},
+    }))
+    .await;
+    let pod = node
+        .wait("web", "a waiting reason", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
+        })
+        .await;
+    assert_eq!(pod["status"]["phase"], "Pending");
+    let message =
+        pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(message.contains("nginx:1.27"), "{message}");
+    assert_eq!(condition(&pod, "Ready"), "False");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binarys_node_agent_runs_pods_and_a_killed_agent_leaves_no_watchdog_behind() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir()
+        .join(format!("kfb-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubefaas-apiserver"))
+        .args(["--listen", "127.0.0.1:0", "--node-agent", "--node-dir"])
+        .arg(&dir)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("kubefaas-apiserver ready") {
+                let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+                return addr.parse().unwrap();
+            }
+        }
+        panic!("kubefaas-apiserver exited before it was ready");
+    })
+    .await
+    .expect("kubefaas-apiserver ready");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let client = kubefaas_standalone::node::client_for(addr).unwrap();
+    create_code(&client).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(function_pod("one", "128Mi")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pod = wait(&client, "one", "Ready", |p| condition(p, "Ready") == "True").await;
+    let answer = invoke(&pod, json!({"name": "binary"})).await.expect("an answer");
+    assert_eq!(answer["result"]["hello"], "binary");
+
+    // SIGKILL: no chance to stop the pods, yet the watchdog must not outlive the agent.
+    server.kill().await.unwrap();
+    let pod_addr: SocketAddr =
+        format!("{}:8080", pod["status"]["podIP"].as_str().unwrap()).parse().unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while tokio::net::TcpStream::connect(pod_addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the watchdog dies with its agent");
+    let _ = std::fs::remove_dir_all(&dir);
+}
