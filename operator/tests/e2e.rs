@@ -424,18 +424,19 @@ async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
     platform
         .apply("apiVersion: kubefaas.io/v1alpha1\nkind: Invocation\nmetadata:\n  name: short-lived\nspec:\n  functionRef:\n    name: hello\n  payload: {name: ttl}\n  ttlSecondsAfterFinished: 1\n")
         .await;
-    let short = platform.wait_phase("invocation/short-lived", "Succeeded").await;
-    let uid = short["metadata"]["uid"].as_str().unwrap().to_owned();
     platform.kubectl_ok(&["wait", "--for=delete", "invocation/short-lived", "--timeout=60s"]).await;
-    let kept = platform
+    let rows = platform
         .store()
         .await
-        .invocation(uid.parse().unwrap())
+        .list_invocations(&kubefaas_core::store::InvocationQuery::default())
         .await
-        .unwrap()
+        .unwrap();
+    let kept = rows
+        .iter()
+        .find(|row| row.resource_name.as_deref() == Some("short-lived"))
         .expect("the row outlives the object");
     assert_eq!(kept.status, kubefaas_core::store::Status::Succeeded);
-    assert_eq!(kept.resource_name.as_deref(), Some("short-lived"));
+    assert_eq!(kept.result.as_ref().unwrap()["message"], "Bonjour, ttl!");
 
     // Deleting the function: later invocations fail with FunctionNotFound.
     platform.kubectl_ok(&["delete", "function", "hello", "--wait=true", "--timeout=60s"]).await;
