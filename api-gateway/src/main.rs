@@ -42,7 +42,7 @@ struct Flags {
     #[arg(long, env = "KUBEFAAS_RATE_BURST", default_value_t = 100)]
     rate_burst: u32,
     /// Seconds function create/update/delete wait for the operator.
-    #[arg(long, env = "KUBEFAAS_FUNCTION_WAIT_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "KUBEFAAS_GATEWAY_FUNCTION_WAIT_SECONDS", default_value_t = 30)]
     function_wait_seconds: u64,
     /// Seconds a synchronous invocation may hold the request before a 504 with its id.
     #[arg(long, env = "KUBEFAAS_SYNC_TIMEOUT_SECONDS", default_value_t = 60)]

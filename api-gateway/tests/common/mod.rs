@@ -3,6 +3,8 @@
 //! dependency.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod platform;
+
 use std::{net::SocketAddr, time::Duration};
 
 use kubefaas_core::store::{Store, StoreConfig};
