@@ -94,3 +94,18 @@ pub(crate) fn readiness(function: &Function) -> Readiness {
         _ => Readiness::Pending,
     }
 }
+
+/// The row id to invoke `function` with, or why it cannot be invoked. A function being updated
+/// can: its row id does not change, and the executor waits for the new code.
+pub(crate) fn invocable(function: &Function) -> Result<Uuid, String> {
+    match readiness(function) {
+        Readiness::Ready(id) => Ok(id),
+        Readiness::Failed(message) => Err(message),
+        Readiness::Pending => function
+            .status
+            .as_ref()
+            .and_then(|s| s.function_id.as_deref())
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .ok_or_else(|| "the operator has not finished with it".to_owned()),
+    }
+}

@@ -10,7 +10,7 @@ use axum::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, PostParams, Preconditions},
+    api::{DeleteParams, Preconditions},
 };
 use kubefaas_core::{
     resources::{Function, FunctionCode, FunctionSpec, METADATA_ANNOTATION},
@@ -26,6 +26,7 @@ use crate::{
     error::{ApiError, ApiResult, ErrorBody, FieldProblem},
     extract::{ApiJson, ApiQuery, Namespace},
     model::{CreateFunction, FunctionFilter, FunctionList, FunctionResponse, UpdateFunction},
+    routes::post_params,
 };
 
 /// How often a wait for the operator looks at the cache again.
@@ -77,7 +78,7 @@ pub(crate) async fn create(
     }
     let api: Api<Function> = Api::namespaced(state.client.clone(), &namespace);
     let created = api
-        .create(&PostParams::default(), &function)
+        .create(&post_params(), &function)
         .await
         .map_err(|e| kube_error(e, &format!("function {name:?}")))?;
     let uid = created.uid().unwrap_or_default();
@@ -200,7 +201,7 @@ pub(crate) async fn update(
     }
     // `replace` carries the resourceVersion read above: a concurrent change makes it a 409.
     let replaced = api
-        .replace(&name, &PostParams::default(), &current)
+        .replace(&name, &post_params(), &current)
         .await
         .map_err(|e| kube_error(e, &format!("function {name:?}")))?;
     let uid = replaced.uid().unwrap_or_default();

@@ -1,6 +1,6 @@
 //! Liveness, readiness, metrics and the OpenAPI document.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     Json,
@@ -37,15 +37,14 @@ pub(crate) async fn healthz() -> Json<HealthResponse> {
         (status = 503, description = "Some dependency does not", body = ReadyResponse),
     ))]
 pub(crate) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let (postgres, redis, kubernetes) =
-        tokio::join!(state.store.ping(), state.queue.stats(), state.client.apiserver_version());
+    let (postgres, redis, kubernetes) = tokio::join!(
+        bounded(state.store.ping()),
+        bounded(state.queue.stats()),
+        bounded(state.client.apiserver_version())
+    );
     let mut checks = BTreeMap::new();
     let mut ok = true;
-    for (name, result) in [
-        ("postgres", postgres.map(|_| ()).map_err(|e| e.to_string())),
-        ("redis", redis.map(|_| ()).map_err(|e| e.to_string())),
-        ("kubernetes", kubernetes.map(|_| ()).map_err(|e| e.to_string())),
-    ] {
+    for (name, result) in [("postgres", postgres), ("redis", redis), ("kubernetes", kubernetes)] {
         let value = match result {
             Ok(()) => "ok".to_owned(),
             Err(error) => {
@@ -59,6 +58,20 @@ pub(crate) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = ReadyResponse { status: if ok { "ok" } else { "unavailable" }.to_owned(), checks };
     (status, Json(body))
+}
+
+/// How long one readiness check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A readiness check, bounded in time, with its error as text.
+async fn bounded<T, E: std::fmt::Display>(
+    check: impl Future<Output = Result<T, E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
 }
 
 /// Prometheus metrics in the OpenMetrics text format.

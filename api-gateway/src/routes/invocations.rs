@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use kube::{Api, ResourceExt, api::PostParams};
+use kube::{Api, ResourceExt};
 use kubefaas_core::{
     queue::{Job, Waited},
     resources::{Invocation, InvocationSpec},
@@ -18,14 +18,17 @@ use uuid::Uuid;
 
 use crate::{
     AppState, INVOCATION_ID_HEADER,
-    cache::{Readiness, readiness},
+    cache::invocable,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiBytes, ApiJson, ApiQuery, Namespace},
     model::{
         InvocationFilter, InvocationList, InvocationResponse, InvokeAccepted, InvokeRequest,
         LogsResponse,
     },
-    routes::functions::{find, invalid, kube_error, page},
+    routes::{
+        functions::{find, invalid, kube_error, page},
+        post_params,
+    },
 };
 
 /// Runs a function and answers with its result.
@@ -75,13 +78,7 @@ pub(crate) async fn invoke_sync(
     let function = state.functions.get(&namespace, &name).ok_or_else(|| {
         ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
     })?;
-    let function_id = match readiness(&function) {
-        Readiness::Ready(id) => id,
-        Readiness::Failed(message) => return Err(not_ready(&name, &message)),
-        Readiness::Pending => {
-            return Err(not_ready(&name, "the operator has not finished with it"));
-        }
-    };
+    let function_id = invocable(&function).map_err(|why| not_ready(&name, &why))?;
     let id = Uuid::new_v4();
     let new = NewInvocation {
         id,
@@ -218,7 +215,7 @@ pub(crate) async fn invoke_async(
     object.metadata.namespace = Some(namespace.clone());
     let api: Api<Invocation> = Api::namespaced(state.client.clone(), &namespace);
     let created = api
-        .create(&PostParams::default(), &object)
+        .create(&post_params(), &object)
         .await
         .map_err(|e| kube_error(e, &format!("invocation of {name:?}")))?;
     let id = created
@@ -227,7 +224,7 @@ pub(crate) async fn invoke_async(
         .ok_or_else(|| ApiError::internal(&"the API server gave the invocation no UUID uid"))?;
     // Record the row now, as the operator would, so GET /invocations/{id} answers at once; the
     // operator finds it (creation is idempotent on the id) and queues it.
-    if let Readiness::Ready(function_id) = readiness(&function) {
+    if let Ok(function_id) = invocable(&function) {
         let new = NewInvocation {
             id,
             function_id,

@@ -11,7 +11,17 @@ use axum::{
     routing::{get, post},
 };
 
+use kube::api::PostParams;
+
 use crate::{AppState, auth, error::ApiError};
+
+/// Field manager of every object the gateway writes.
+pub(crate) const FIELD_MANAGER: &str = "kubefaas-api-gateway";
+
+/// Create/replace parameters naming the gateway as the field manager.
+pub(crate) fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() }
+}
 
 /// Every route. The API routes sit behind authentication and the rate limit; health, metrics
 /// and the OpenAPI document do not.
