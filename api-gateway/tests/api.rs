@@ -14,13 +14,13 @@ use common::{env, fresh_database, json, request};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use kubefaas_api_gateway::{AuthMode, Config, Gateway, RateLimit};
 use kubefaas_core::{
-    resources::{Function, Invocation, crds},
-    store::{FunctionQuery, InvocationQuery, Store, StoreConfig},
+    resources::{Function, FunctionCode, FunctionSpec, Invocation, crds},
+    store::{CodeSource, FunctionQuery, FunctionRecord, InvocationQuery, Store, StoreConfig},
 };
 use kubefaas_standalone::ApiServer;
 use serde_json::json;
@@ -64,6 +64,46 @@ impl Rig {
         });
         let store = Store::connect(&StoreConfig::new(database_url)).await.unwrap();
         Self { addr, client, store, _apiserver: apiserver, _gateway: task }
+    }
+
+    /// A Function the (absent) operator would have made ready: object, status and row.
+    async fn ready_function(&self, name: &str) -> Uuid {
+        let api: Api<Function> = Api::namespaced(self.client.clone(), "default");
+        let spec = FunctionSpec::new("python", "main.handler", FunctionCode::inline("x = 1"));
+        let created = api.create(&PostParams::default(), &Function::new(name, spec)).await.unwrap();
+        let id = Uuid::parse_str(&created.metadata.uid.unwrap()).unwrap();
+        let status = json!({"status": {
+            "phase": "Ready", "functionId": id, "observedGeneration": created.metadata.generation,
+        }});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+        let record = FunctionRecord {
+            id,
+            namespace: "default".into(),
+            name: name.into(),
+            version: "1.0.0".into(),
+            runtime: "python".into(),
+            handler: "main.handler".into(),
+            code_source: CodeSource::Inline,
+            code_location: None,
+            code_checksum: "0".repeat(64),
+            code_size: 5,
+            timeout_seconds: 30,
+            memory_mb: 128,
+            cpu_millis: 100,
+            max_concurrency: 10,
+            environment: Default::default(),
+            metadata: json!({}),
+        };
+        self.store.upsert_function(&record).await.unwrap();
+        // Wait until the gateway's cache has seen the status.
+        let deadline = tokio::time::Instant::now() + common::PATIENCE;
+        while request(self.addr, "GET", &format!("/functions/{name}"), &[], None).await.json()["status"]
+            != "ready"
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the cache never saw {name} ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        id
     }
 
     /// Asserts no Function, Invocation or row was created anywhere.
@@ -261,4 +301,33 @@ async fn health_readiness_metrics_and_a_complete_openapi_document_are_served() {
         assert!(schemas[schema].is_object(), "{schema} is missing");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_invoke_still_running_at_the_deadline_answers_504_with_its_id_and_is_recorded() {
+    // No executor runs anything here, so the invocation never finishes.
+    let rig = Rig::start(|config| config.sync_timeout = Duration::from_secs(1)).await;
+    let function_id = rig.ready_function("idle").await;
+    let reply = request(
+        rig.addr,
+        "POST",
+        "/functions/idle/invoke",
+        &[("X-Trace", "abc"), ("Authorization", "Bearer kept-back")],
+        Some(b"{\"a\": 1}"),
+    )
+    .await;
+    let error = reply.error(504, "timeout");
+    let id = error["invocation_id"].as_str().unwrap().to_owned();
+    assert_eq!(reply.header("x-kubefaas-invocation-id"), Some(id.as_str()));
+
+    let row = request(rig.addr, "GET", &format!("/invocations/{id}"), &[], None).await.json();
+    assert_eq!(row["status"], "queued", "{row}");
+    assert_eq!(row["source"], "sync");
+    assert_eq!(row["function_id"], function_id.to_string());
+    assert_eq!(row["payload"], json!({"a": 1}));
+    assert_eq!(row["headers"]["x-trace"], "abc", "request headers reach the context");
+    assert!(row["headers"].get("authorization").is_none(), "credentials do not: {row}");
+    // The fast path made no Invocation object.
+    let invocations: Api<Invocation> = Api::all(rig.client.clone());
+    assert!(invocations.list(&ListParams::default()).await.unwrap().items.is_empty());
 }

@@ -1,10 +1,12 @@
 //! Invocations: the synchronous fast path, asynchronous invokes through `Invocation`
 //! resources, and reads of results and logs from PostgreSQL.
 
+use std::collections::BTreeMap;
+
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderValue, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use kube::{Api, ResourceExt};
@@ -17,7 +19,7 @@ use kubefaas_core::{
 use uuid::Uuid;
 
 use crate::{
-    AppState, INVOCATION_ID_HEADER,
+    AppState, INVOCATION_ID_HEADER, NAMESPACE_HEADER,
     cache::invocable,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiBytes, ApiJson, ApiQuery, Namespace},
@@ -33,10 +35,11 @@ use crate::{
 
 /// Runs a function and answers with its result.
 ///
-/// The body is the event (any JSON; empty means `null`). The answer's body is what the handler
-/// returned, and the `X-Kubefaas-Invocation-Id` header names the invocation (also readable
-/// through `GET /invocations/{id}`). Failures answer with the structured error:
-/// a function error (an exception) is 500 `function_error`, running out of memory is 502
+/// The body is the event (any JSON; empty means `null`); the request's headers (except
+/// credentials, hop-by-hop headers and `X-Kubefaas-Namespace`) reach the handler's context.
+/// The answer's body is what the handler returned, and the `X-Kubefaas-Invocation-Id` header
+/// names the invocation (also readable through `GET /invocations/{id}`). Failures answer with
+/// the structured error: a function error (an exception) is 500 `function_error`, running out of memory is 502
 /// `out_of_memory`, the function's own timeout is 504 `function_timeout`, a function deleted
 /// meanwhile is 404. When the invocation is still running at the gateway's deadline the answer
 /// is 504 `timeout` with the invocation id: poll `GET /invocations/{id}`.
@@ -59,8 +62,10 @@ pub(crate) async fn invoke_sync(
     State(state): State<AppState>,
     Namespace(namespace): Namespace,
     Path(name): Path<String>,
+    request_headers: HeaderMap,
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<Response> {
+    let headers = forwarded_headers(&request_headers, state.settings.limits.max_header_bytes)?;
     if body.len() > state.settings.limits.max_payload_bytes {
         return Err(payload_too_large(state.settings.limits.max_payload_bytes));
     }
@@ -88,7 +93,7 @@ pub(crate) async fn invoke_sync(
         resource_name: None,
         source: Source::Sync,
         payload,
-        headers: Default::default(),
+        headers,
         timeout_seconds: function.spec.timeout_seconds,
         max_attempts: function.spec.retry.max_attempts.max(1),
     };
@@ -160,6 +165,43 @@ fn outcome(state: &AppState, row: InvocationRow) -> ApiResult<Response> {
         .as_ref()
         .map_or_else(|| format!("the invocation ended {}", row.status), |e| e.message.clone());
     Err(ApiError::new(status, code, message).with_function_error(row.error).with_invocation(id))
+}
+
+/// Request headers that reach the handler's context: all but credentials, the connection's own
+/// and the gateway's, with names in lower case. Values that are not text are left out.
+fn forwarded_headers(headers: &HeaderMap, limit: usize) -> ApiResult<BTreeMap<String, String>> {
+    const HELD_BACK: &[&str] = &[
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "host",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        NAMESPACE_HEADER,
+    ];
+    let mut forwarded = BTreeMap::new();
+    let mut size = 0;
+    for (name, value) in headers {
+        if HELD_BACK.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(text) = value.to_str() {
+            size += name.as_str().len() + text.len();
+            forwarded.insert(name.as_str().to_owned(), text.to_owned());
+        }
+    }
+    if size > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request headers passed to the function exceed {limit} bytes"),
+        ));
+    }
+    Ok(forwarded)
 }
 
 fn not_ready(name: &str, why: &str) -> ApiError {
