@@ -214,6 +214,8 @@ async fn bad_input_gets_the_specified_status_and_json_error_and_creates_nothing(
         .error(400, "invalid_request");
     request(addr, "GET", "/no/such/route", &[], None).await.error(404, "not_found");
     request(addr, "DELETE", "/invoke", &[], None).await.error(405, "method_not_allowed");
+    let no_cors = request(addr, "GET", "/health", &[("Origin", "https://ui.example")], None).await;
+    assert_eq!(no_cors.header("access-control-allow-origin"), None, "CORS is off by default");
 
     rig.assert_nothing_created().await;
 }
@@ -263,9 +265,13 @@ async fn tokens_are_required_scoped_to_namespaces_and_rate_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_metrics_and_a_complete_openapi_document_are_served() {
-    let rig = Rig::start(|_| {}).await;
+async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_served() {
+    let rig = Rig::start(|config| config.cors_origins = vec!["https://ui.example".into()]).await;
     let addr = rig.addr;
+    let allowed = request(addr, "GET", "/health", &[("Origin", "https://ui.example")], None).await;
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://ui.example"));
+    let other = request(addr, "GET", "/health", &[("Origin", "https://evil.example")], None).await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
     assert_eq!(request(addr, "GET", "/health", &[], None).await.json()["status"], "ok");
     let ready = request(addr, "GET", "/readyz", &[], None).await;
     assert_eq!(ready.status, 200, "{:?}", ready.json());
