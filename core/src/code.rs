@@ -44,7 +44,7 @@ pub enum CodeError {
 pub enum Package {
     /// One source file.
     File {
-        /// File name inside the code directory, e.g. `main.py`, `index.js`, `handler.go`.
+        /// File name inside the code directory, e.g. `main.py`, `index.js`, `function.go`.
         name: String,
         /// The file's bytes.
         contents: Vec<u8>,
@@ -146,23 +146,23 @@ pub fn is_zip(bytes: &[u8]) -> bool {
 
 /// The file name a single source file gets, so the runtime finds the handler in it.
 ///
-/// - python: the handler's module (`main.handler` → `main.py`).
+/// - python: the handler's module as a path (`main.handler` → `main.py`, `pkg.app.handler` →
+///   `pkg/app.py`).
 /// - nodejs: the handler's file (`index.handler` → `index.js`, or `index.mjs` when the source is
 ///   an ES module: it has a line starting with `export ` or `import `).
-/// - go: `handler.go` (the handler names a function of the package, not a file).
+/// - go: `function.go` (the handler names a function of the package, not a file).
 pub fn source_file_name(language: Language, handler: &str, contents: &[u8]) -> String {
     let module = handler.rsplit_once('.').map_or(handler, |(module, _)| module);
-    let stem = module.rsplit(['.', '/']).next().filter(|s| !s.is_empty()).unwrap_or("main");
     match language {
-        Language::Python => format!("{stem}.py"),
+        Language::Python => format!("{}.py", module.replace('.', "/")),
         Language::Nodejs => {
             let esm = String::from_utf8_lossy(contents).lines().any(|line| {
                 let line = line.trim_start();
                 line.starts_with("export ") || line.starts_with("import ")
             });
-            format!("{stem}.{}", if esm { "mjs" } else { "js" })
+            format!("{module}.{}", if esm { "mjs" } else { "js" })
         }
-        Language::Go => "handler.go".to_owned(),
+        Language::Go => "function.go".to_owned(),
     }
 }
 
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn a_single_file_is_named_after_the_handler_module() {
         assert_eq!(source_file_name(Language::Python, "main.handler", b""), "main.py");
-        assert_eq!(source_file_name(Language::Python, "app.main", b""), "app.py");
+        assert_eq!(source_file_name(Language::Python, "pkg.app.main", b""), "pkg/app.py");
         assert_eq!(
             source_file_name(Language::Nodejs, "index.handler", b"exports.handler = 1"),
             "index.js"
@@ -186,7 +186,7 @@ mod tests {
             ),
             "index.mjs"
         );
-        assert_eq!(source_file_name(Language::Go, "Handle", b"package main"), "handler.go");
+        assert_eq!(source_file_name(Language::Go, "Handle", b"package main"), "function.go");
     }
 
     #[test]

@@ -35,12 +35,12 @@ class LambdaContext:
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
 
-def error_of(exc, tb=True):
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "stack": traceback.format_exc() if tb else None,
-    }
+def error_of(exc):
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the bootstrap down
+        message = "<%s whose message cannot be printed>" % type(exc).__name__
+    return {"type": type(exc).__name__, "message": message, "stack": traceback.format_exc()}
 
 
 def end_logs(marker):
@@ -60,7 +60,7 @@ def main():
     reader = sock.makefile("rb")
 
     def send(msg):
-        sock.sendall(json.dumps(msg, ensure_ascii=False).encode("utf-8") + b"\n")
+        sock.sendall(json.dumps(msg).encode("ascii") + b"\n")
 
     init = json.loads(reader.readline())
     marker = init["marker"].encode("utf-8")
@@ -93,7 +93,7 @@ def main():
         try:
             result = handler(request.get("payload"), context)
             try:
-                encoded = json.dumps(result, ensure_ascii=False, allow_nan=False)
+                encoded = json.dumps(result, allow_nan=False)
                 reply["ok"] = None
             except (TypeError, ValueError) as exc:
                 encoded = None
@@ -110,8 +110,9 @@ def main():
             send(reply)
         else:
             # Splice the already-encoded result in rather than encoding it twice.
-            head = json.dumps({"type": "result", "id": request["id"]}, ensure_ascii=False)
-            sock.sendall((head[:-1] + ', "ok": ' + encoded + "}\n").encode("utf-8"))
+            # ASCII-escaped JSON also survives lone surrogates, which UTF-8 cannot encode.
+            head = json.dumps({"type": "result", "id": request["id"]})
+            sock.sendall((head[:-1] + ', "ok": ' + encoded + "}\n").encode("ascii"))
 
 
 if __name__ == "__main__":

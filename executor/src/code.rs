@@ -38,26 +38,14 @@ pub enum Code {
 impl Code {
     /// Whether `bytes` look like a zip archive (so `base64` code can be either kind).
     pub fn is_zip(bytes: &[u8]) -> bool {
-        bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+        kubefaas_core::code::is_zip(bytes)
     }
 
     /// A single source file named as the handler expects: `main.handler` → `main.py`,
     /// `index.handler` → `index.mjs` when the source uses `import`/`export` lines, else
     /// `index.js`; Go source → `function.go`.
     pub fn single_file(language: Language, handler: &str, contents: Vec<u8>) -> Code {
-        let module = handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler);
-        let name = match language {
-            Language::Python => format!("{}.py", module.replace('.', "/")),
-            Language::Nodejs => {
-                let text = String::from_utf8_lossy(&contents);
-                let esm = text.lines().any(|l| {
-                    let l = l.trim_start();
-                    l.starts_with("export ") || l.starts_with("import ")
-                });
-                format!("{module}.{}", if esm { "mjs" } else { "js" })
-            }
-            Language::Go => "function.go".to_owned(),
-        };
+        let name = kubefaas_core::code::source_file_name(language, handler, &contents);
         Code::File { name, contents }
     }
 
@@ -135,18 +123,30 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<(), Error> {
     fs::write(path, contents).map_err(|source| prepare(path, source))
 }
 
-/// Regular files below `dir`, relative to `root`; symlinks are not followed.
+/// Regular files below `dir`, relative to `root`. Symlinks are followed only when they resolve
+/// inside `root`; entries named `..*` are skipped. That is the layout of a ConfigMap volume:
+/// `main.py -> ..data/main.py`, `..data -> ..2024_01_01_00_00_00.1`, real files in the latter.
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let real_root = fs::canonicalize(root).map_err(|source| prepare(root, source))?;
     let entries = fs::read_dir(dir).map_err(|source| prepare(dir, source))?;
     for entry in entries {
         let entry = entry.map_err(|source| prepare(dir, source))?;
         let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("..") {
+            continue;
+        }
         let kind = entry.file_type().map_err(|source| prepare(&path, source))?;
-        if kind.is_dir() {
+        let (is_dir, is_file) = if kind.is_symlink() {
+            match fs::canonicalize(&path) {
+                Ok(target) if target.starts_with(&real_root) => (target.is_dir(), target.is_file()),
+                _ => continue,
+            }
+        } else {
+            (kind.is_dir(), kind.is_file())
+        };
+        if is_dir {
             list_files(root, &path, out)?;
-        } else if kind.is_file()
-            && let Ok(rel) = path.strip_prefix(root)
-        {
+        } else if is_file && let Ok(rel) = path.strip_prefix(root) {
             out.push(rel.to_owned());
         }
     }
@@ -269,6 +269,26 @@ mod tests {
         let dir = scratch("file");
         let code = Code::File { name: "../x.py".into(), contents: b"1".to_vec() };
         assert!(code.materialize(&dir, 1024).is_err());
+    }
+
+    #[test]
+    fn config_map_volume_layout_is_copied_as_its_visible_files() {
+        let mounted = scratch("configmap-src");
+        let data = mounted.join("..2026_01_01_00_00_00.1");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("main.py"), b"x = 1").unwrap();
+        std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", mounted.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/main.py", mounted.join("main.py")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", mounted.join("escape")).unwrap();
+        let dest = scratch("configmap-dest");
+        Code::Directory(mounted).materialize(&dest, 1024).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["main.py"], "no ConfigMap internals, no link out of the mount");
+        assert_eq!(fs::read(dest.join("main.py")).unwrap(), b"x = 1");
     }
 
     #[test]

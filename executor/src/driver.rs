@@ -55,6 +55,9 @@ impl DriverConfig {
 pub struct FunctionSpec {
     /// Function name (the context's `function_name`).
     pub name: String,
+    /// Namespace of the function, when it has one: functions of the same name in different
+    /// namespaces are different functions to the [`Pool`](crate::Pool).
+    pub namespace: Option<String>,
     /// Function version (the context's `function_version`).
     pub version: String,
     /// Language of the runtime.
@@ -72,6 +75,14 @@ pub struct FunctionSpec {
 }
 
 impl FunctionSpec {
+    /// What the pool knows the function by: `namespace/name`, or the name alone.
+    pub fn pool_key(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{namespace}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// A spec with the checksum computed from `code`, no environment and default limits.
     pub fn new(
         name: impl Into<String>,
@@ -82,6 +93,7 @@ impl FunctionSpec {
         let checksum = code.checksum()?;
         Ok(Self {
             name: name.into(),
+            namespace: None,
             version: "1.0.0".into(),
             language,
             handler: handler.into(),

@@ -50,6 +50,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The control connection between driver and bootstrap failed.
     #[error("control connection: {0}")]
     Control(#[source] std::io::Error),
@@ -68,8 +71,11 @@ pub mod error_types {
     pub const OUT_OF_MEMORY: &str = "OutOfMemory";
     /// The interpreter exited or crashed during the invocation.
     pub const RUNTIME_EXITED: &str = "RuntimeExited";
-    /// The handler could not be loaded (import error, missing export, exception at load time).
+    /// The handler name cannot be used for the language (e.g. not a Go identifier).
     pub const INIT_FAILED: &str = "InitFailed";
+    /// The function's code cannot be used (a broken archive, an unsafe path, over the size
+    /// limit).
+    pub const INVALID_CODE: &str = "InvalidCode";
     /// The Go code did not compile.
     pub const BUILD_FAILED: &str = "BuildFailed";
     /// The handler returned a value that cannot be encoded as JSON.

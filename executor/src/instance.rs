@@ -226,7 +226,9 @@ impl Instance {
             duration: started.elapsed(),
         };
         let guard = DirGuard(Some(dir.clone()));
-        spec.code.materialize(&code_dir, driver.config.max_code_bytes)?;
+        if let Err(e) = spec.code.materialize(&code_dir, driver.config.max_code_bytes) {
+            return user_fault(e).map(|error| Err(fail(error)));
+        }
         let program = driver.interpreters.get(spec.language).await?;
         let command: Vec<String> = match spec.language {
             Language::Python => vec![
@@ -249,10 +251,11 @@ impl Instance {
                         &spec.handler,
                         driver.config.max_code_bytes,
                     )
-                    .await?;
+                    .await;
                 match built {
-                    Ok(binary) => vec![binary.display().to_string()],
-                    Err(error) => return Ok(Err(fail(error))),
+                    Ok(Ok(binary)) => vec![binary.display().to_string()],
+                    Ok(Err(error)) => return Ok(Err(fail(error))),
+                    Err(e) => return user_fault(e).map(|error| Err(fail(error))),
                 }
             }
         };
@@ -298,7 +301,7 @@ impl Instance {
         let _ = fs::remove_file(&socket_path);
         drop(listener);
         let Some(stream) = accepted else {
-            return pending.failed_start(&driver, started, "the runtime did not connect").await;
+            return pending.failed_start(started, "the runtime did not connect").await;
         };
         let (read_half, mut writer) = stream.into_split();
         let mut reader = BufReader::new(read_half);
@@ -314,8 +317,21 @@ impl Instance {
         };
         send(&mut writer, &init).await?;
         let received = tokio::select! {
-            r = read_line(&mut reader, 1024 * 1024) => r.map_err(Error::Control)?,
-            _ = tokio::time::sleep(driver.config.init_timeout) => Received::Closed,
+            r = read_line(&mut reader, 1024 * 1024) => Some(r.map_err(Error::Control)?),
+            _ = tokio::time::sleep(driver.config.init_timeout) => None,
+        };
+        let Some(received) = received else {
+            // Killed first: the log reader flushes what it holds back when the pipe closes.
+            pending.kill().await;
+            let logs = pending.logs.next_segment(SETTLE).await;
+            let error = platform_error(
+                error_types::TIMED_OUT,
+                format!(
+                    "loading handler {} took longer than {:?}",
+                    spec.handler, driver.config.init_timeout
+                ),
+            );
+            return Ok(Err(StartFailure { error, logs, duration: started.elapsed() }));
         };
         let reply = match received {
             Received::Line(line) => serde_json::from_slice::<Reply>(&line).ok(),
@@ -333,9 +349,7 @@ impl Instance {
                 return Ok(Err(StartFailure { error, logs, duration: started.elapsed() }));
             }
             _ => {
-                return pending
-                    .failed_start(&driver, started, "the runtime exited while loading")
-                    .await;
+                return pending.failed_start(started, "the runtime exited while loading").await;
             }
         }
         let init_logs = pending.logs.next_segment(SETTLE).await;
@@ -518,12 +532,7 @@ impl Pending {
         kill_tree(&mut self.child, self.pid, self.cgroup.as_ref()).await;
     }
 
-    async fn failed_start(
-        mut self,
-        driver: &Driver,
-        started: Instant,
-        what: &str,
-    ) -> Result<StartOutcome, Error> {
+    async fn failed_start(mut self, started: Instant, what: &str) -> Result<StartOutcome, Error> {
         let status = tokio::time::timeout(Duration::from_millis(200), self.child.wait())
             .await
             .ok()
@@ -540,8 +549,19 @@ impl Pending {
         if error.type_ == error_types::RUNTIME_EXITED {
             error.message = format!("{what}: {}", error.message);
         }
-        let _ = driver;
         Ok(Err(StartFailure { error, logs, duration: started.elapsed() }))
+    }
+}
+
+/// The structured error of a start that failed because of the function's code or handler;
+/// any other error stays the driver's.
+fn user_fault(error: Error) -> Result<InvocationError, Error> {
+    match error {
+        Error::InvalidCode(message) => Ok(platform_error(error_types::INVALID_CODE, message)),
+        e @ Error::InvalidHandler { .. } => {
+            Ok(platform_error(error_types::INIT_FAILED, e.to_string()))
+        }
+        other => Err(other),
     }
 }
 

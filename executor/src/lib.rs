@@ -25,6 +25,7 @@ mod process;
 mod runtime;
 pub mod sandbox;
 pub mod service;
+pub mod watchdog;
 pub mod worker;
 
 pub use code::{Code, DEFAULT_MAX_UNPACKED_BYTES};

@@ -45,9 +45,18 @@ impl Interpreters {
             language: language.as_str(),
             reason,
         };
+        // Go is often installed outside PATH (Debian's /usr/lib/go, the upstream /usr/local/go).
+        let fallbacks: &[&str] = match language {
+            Language::Go => &["/usr/lib/go/bin/go", "/usr/local/go/bin/go"],
+            _ => &[],
+        };
+        let command = std::iter::once(program)
+            .chain(fallbacks.iter().copied().filter(|p| Path::new(p).exists()))
+            .find(|p| p.contains('/') || on_path(p))
+            .unwrap_or(program);
         let output = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio::process::Command::new(program).args(args).stdin(Stdio::null()).output(),
+            tokio::process::Command::new(command).args(args).stdin(Stdio::null()).output(),
         )
         .await
         .map_err(|_| missing("did not answer within 30s".into()))?
@@ -70,6 +79,12 @@ impl Interpreters {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Language, PathBuf>> {
         self.found.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Whether `program` is found in the driver's `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Writes the embedded bootstraps below `dir` and returns their paths.

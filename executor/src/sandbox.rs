@@ -64,6 +64,9 @@ pub enum SandboxMode {
     /// Use whatever the host allows: cgroups, else rlimits; namespaces if possible.
     #[default]
     Auto,
+    /// Never use cgroups, only the rlimit fallback (and namespaces if possible): what a host
+    /// without writable cgroups gets, on purpose.
+    Rlimits,
     /// No limits or namespaces: the surrounding container enforces them (inside runtime pods).
     Off,
 }
@@ -101,7 +104,7 @@ impl Sandbox {
                 },
             };
         }
-        let hierarchy = detect_hierarchy();
+        let hierarchy = if mode == SandboxMode::Rlimits { None } else { detect_hierarchy() };
         let unshare = detect_unshare();
         let report = match &hierarchy {
             Some(Hierarchy::V1 { cpu, pids, .. }) => SandboxReport {
@@ -603,6 +606,96 @@ mod tests {
             own_dir(&mounts[0], &own[0].1),
             PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/kubefaas")
         );
+    }
+
+    /// A directory tree that looks like a cgroup v2 mount to the file-level logic (it cannot
+    /// enforce anything: this checks which files get which values).
+    fn fake_v2_mount(name: &str) -> PathBuf {
+        let root =
+            std::env::temp_dir().join(format!("kubefaas-fake-v2-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma\n")
+            .unwrap();
+        root
+    }
+
+    #[test]
+    fn v2_instance_cgroup_gets_memory_swap_cpu_and_pids_limits() {
+        let root = fake_v2_mount("limits");
+        let mounts =
+            vec![CgroupMount { root: "/".into(), mount_point: root.clone(), controllers: None }];
+        let own = parse_proc_cgroup("0::/\n");
+        let hierarchy = detect_v2(&mounts, &own).expect("v2 detected");
+        let shared = root.join("kubefaas");
+        let delegated = fs::read_to_string(shared.join("cgroup.subtree_control")).unwrap();
+        assert_eq!(delegated, "+memory +cpu +pids");
+        let sandbox = Sandbox {
+            hierarchy: Some(hierarchy),
+            unshare: None,
+            report: SandboxReport {
+                memory: Mechanism::CgroupV2,
+                cpu: Mechanism::CgroupV2,
+                pids: Mechanism::CgroupV2,
+                namespaces: false,
+            },
+        };
+        let limits = Limits { memory_bytes: 64 << 20, cpu_millis: 100, pids: 32 };
+        // Kernels with swap accounting have the file; the driver zeroes it.
+        let dir = shared.join(format!("driver-{}", std::process::id())).join("inst");
+        let cgroup = {
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("memory.swap.max"), "max").unwrap();
+            let made =
+                Cgroup { dirs: vec![dir.clone()], kind: CgroupKind::V2 { dir: dir.clone() } };
+            made.apply(limits).unwrap();
+            made
+        };
+        let read = |file: &str| fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(read("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "10000 100000", "100m is 10 ms of every 100 ms");
+        assert_eq!(read("pids.max"), "32");
+        // The wrapper joins every cgroup directory before exec.
+        let argv = sandbox.wrap(Some(&cgroup), limits, vec!["python3".into()]);
+        assert_eq!(argv[4], dir.join("cgroup.procs").display().to_string());
+        assert_eq!((argv[5].as_str(), argv.last().map(String::as_str)), ("-", Some("python3")));
+        fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").unwrap();
+        assert_eq!(cgroup.oom_kills(), 1);
+        fs::write(dir.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n").unwrap();
+        assert_eq!(cgroup.cpu_time(), Some(Duration::from_micros(2500)));
+        std::mem::forget(cgroup); // a plain directory cannot be removed like a cgroup
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn v2_without_the_memory_controller_is_not_used() {
+        let root = fake_v2_mount("no-memory");
+        fs::write(root.join("cgroup.controllers"), "cpu io pids\n").unwrap();
+        let mounts =
+            vec![CgroupMount { root: "/".into(), mount_point: root.clone(), controllers: None }];
+        assert!(detect_v2(&mounts, &parse_proc_cgroup("0::/\n")).is_none());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn rlimit_fallback_wraps_with_ulimit_and_no_cgroup() {
+        let sandbox = Sandbox {
+            hierarchy: None,
+            unshare: None,
+            report: SandboxReport {
+                memory: Mechanism::Rlimit,
+                cpu: Mechanism::None,
+                pids: Mechanism::None,
+                namespaces: false,
+            },
+        };
+        let limits = Limits { memory_bytes: 256 << 20, ..Limits::default() };
+        let argv = sandbox.wrap(None, limits, vec!["node".into(), "bootstrap.mjs".into()]);
+        assert_eq!(argv[..2], ["/bin/sh".to_owned(), "-c".to_owned()]);
+        assert_eq!(argv[4], "", "no cgroup to join");
+        assert_eq!(argv[5], (256 * 1024).to_string(), "ulimit -v takes KiB");
+        assert_eq!(argv[6..], ["node".to_owned(), "bootstrap.mjs".to_owned()]);
     }
 
     #[test]

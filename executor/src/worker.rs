@@ -545,6 +545,7 @@ fn is_platform_failure(error: &kubefaas_core::resources::InvocationError) -> boo
 fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
     [
         error_types::INIT_FAILED,
+        error_types::INVALID_CODE,
         error_types::BUILD_FAILED,
         error_types::RESULT_NOT_SERIALIZABLE,
         error_types::RESULT_TOO_LARGE,

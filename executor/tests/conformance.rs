@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use kubefaas_executor::{
     error_types,
 };
 use serde_json::{Value, json};
-use support::{driver, request, start};
+use support::{driver, request, start, zip_of};
 
 const PYTHON_MAIN: &str = include_str!("functions/python/main.py");
 const NODE_INDEX: &str = include_str!("functions/nodejs/index.js");
@@ -233,15 +232,6 @@ async fn crash_mid_invocation_is_reported_and_the_next_invocation_works(language
         .unwrap();
     assert_eq!(ok(&next), &json!(1));
     assert!(next.metrics.cold_start);
-}
-
-fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, contents) in files {
-        writer.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
-        writer.write_all(contents.as_bytes()).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
 }
 
 async fn zip_with_several_files_resolves_modules_inside_it(language: Language) {

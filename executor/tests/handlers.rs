@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kubefaas_executor::{Code, FunctionSpec, Language, TRUNCATION_MARKER, error_types};
 use serde_json::json;
-use support::{driver, python, request, start};
+use support::{driver, python, request, start, zip_of};
 
 fn node(handler: &str, name: &str, source: &str) -> FunctionSpec {
     let code = Code::File { name: name.to_owned(), contents: source.as_bytes().to_vec() };
@@ -144,4 +144,47 @@ async fn result_over_the_size_limit_is_an_error_and_replaces_the_instance() {
         instance.invoke(&request(json!({"size": max + 100_000}))).await.outcome.unwrap_err();
     assert_eq!(error.type_, error_types::RESULT_TOO_LARGE);
     assert!(!instance.is_alive());
+}
+
+#[tokio::test]
+async fn unusable_code_and_handler_names_are_the_functions_fault() {
+    let evil = zip_of(&[("../../evil.py", "x = 1")]);
+    let spec =
+        FunctionSpec::new("zip-slip", Language::Python, "main.handler", Code::Zip(evil)).unwrap();
+    let failure = driver().start(Arc::new(spec)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, error_types::INVALID_CODE);
+    assert!(failure.error.message.contains("outside the code"), "{}", failure.error.message);
+
+    let garbage = FunctionSpec::new(
+        "not-zip",
+        Language::Python,
+        "main.handler",
+        Code::Zip(b"PK\x03\x04junk".to_vec()),
+    )
+    .unwrap();
+    let failure = driver().start(Arc::new(garbage)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, error_types::INVALID_CODE);
+
+    let code = Code::File { name: "function.go".into(), contents: b"package main\n".to_vec() };
+    let spec =
+        FunctionSpec::new("go-bad-handler", Language::Go, "Handle(); os.Exit", code).unwrap();
+    let failure = driver().start(Arc::new(spec)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, error_types::INIT_FAILED);
+    assert!(failure.error.message.contains("exported function"), "{}", failure.error.message);
+}
+
+#[tokio::test]
+async fn node_js_file_in_a_type_module_package_loads_as_an_es_module() {
+    let archive = zip_of(&[
+        ("package.json", "{\"type\": \"module\"}"),
+        (
+            "index.js",
+            "import { helper } from './helper.js';\nexport const handler = async (e) => helper(e.n);\n",
+        ),
+        ("helper.js", "export const helper = (n) => n * 2;\n"),
+    ]);
+    let code = Code::Zip(archive);
+    let spec = FunctionSpec::new("esm-package", Language::Nodejs, "index.handler", code).unwrap();
+    let mut instance = start(spec).await;
+    assert_eq!(instance.invoke(&request(json!({"n": 21}))).await.outcome.unwrap(), json!(42));
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use kubefaas_executor::{Limits, Mechanism};
+use kubefaas_executor::{Driver, DriverConfig, Limits, Mechanism, SandboxMode};
 use serde_json::json;
 use support::{driver, eventually, python, request, start};
 
@@ -92,4 +92,43 @@ async fn pids_limit_stops_a_thread_bomb() {
     let started = value["started"].as_u64().unwrap();
     assert!(started < 16, "at most the pids limit: {value}");
     assert!(value["error"].as_str().unwrap().contains("thread"), "{value}");
+}
+
+fn driver_with(name: &str, change: impl FnOnce(&mut DriverConfig)) -> std::sync::Arc<Driver> {
+    let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let mut config = DriverConfig::under(root);
+    change(&mut config);
+    Driver::new(config).unwrap()
+}
+
+#[tokio::test]
+async fn without_cgroups_the_address_space_rlimit_still_bounds_memory() {
+    let driver = driver_with("kubefaas-rlimit-tests", |c| c.sandbox = SandboxMode::Rlimits);
+    assert_eq!(driver.sandbox().memory, Mechanism::Rlimit);
+    assert_eq!(driver.sandbox().cpu, Mechanism::None, "the report says what is not enforced");
+    let source = "def handler(event, context):\n    blocks = [bytearray(b'x') * (1 << 20) for _ in range(event['mb'])]\n    return len(blocks)\n";
+    let spec = std::sync::Arc::new(python("rlimit-hog", source));
+    let mut instance = driver.start(spec).await.unwrap().unwrap();
+    let small = instance.invoke(&request(json!({"mb": 10}))).await;
+    assert_eq!(small.outcome.unwrap(), json!(10));
+    let hog = instance.invoke(&request(json!({"mb": 400}))).await;
+    assert_eq!(
+        hog.outcome.unwrap_err().type_,
+        "MemoryError",
+        "the allocation fails inside the function"
+    );
+}
+
+#[tokio::test]
+async fn handler_that_hangs_while_loading_times_out_as_a_start_failure() {
+    let driver =
+        driver_with("kubefaas-init-timeout-tests", |c| c.init_timeout = Duration::from_millis(800));
+    let spec =
+        std::sync::Arc::new(python("hangs", "import time\nprint('loading')\ntime.sleep(60)\n"));
+    let started = std::time::Instant::now();
+    let failure = driver.start(spec).await.unwrap().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(failure.error.type_, kubefaas_executor::error_types::TIMED_OUT);
+    assert!(failure.error.message.contains("loading handler"), "{}", failure.error.message);
+    assert!(failure.logs.text.contains("loading"), "{:?}", failure.logs);
 }

@@ -52,3 +52,13 @@ pub(crate) async fn eventually(within: Duration, mut condition: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A zip archive of `(name, contents)` pairs.
+pub(crate) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, contents) in files {
+        writer.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut writer, contents.as_bytes()).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}

@@ -1,0 +1,154 @@
+//! `kubefaas`: the user's command line.
+//!
+//! - `kubefaas up` runs the whole platform on one machine (see [`up`]).
+//! - `kubefaas crds` prints the CustomResourceDefinitions.
+//! - `kubefaas fn …`, `invoke`, `logs` talk to the REST gateway (see [`client`]).
+//! - `kubefaas completions SHELL` prints shell completions.
+
+mod client;
+mod up;
+
+use std::{io::Write, process::ExitCode};
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Errors shown to the user, one line each.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// A component of `kubefaas up` failed to start or stopped.
+    #[error("{component}: {message}")]
+    Start {
+        /// Which one.
+        component: &'static str,
+        /// What happened.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input is unusable.
+    #[error("{0}")]
+    Usage(String),
+    /// The gateway could not be reached.
+    #[error("cannot reach the gateway at {url}: {message}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The gateway answered with an error.
+    #[error("{status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error's message (and code).
+        message: String,
+    },
+}
+
+/// Output format of the client commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// For people.
+    Text,
+    /// The gateway's JSON, for scripts.
+    Json,
+}
+
+/// kubefaas: functions on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "kubefaas", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// The REST gateway.
+    #[arg(long, global = true, env = "KUBEFAAS_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// API token, when the gateway asks for one.
+    #[arg(long, global = true, env = "KUBEFAAS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Namespace (default: the gateway's default namespace).
+    #[arg(short = 'n', long, global = true, env = "KUBEFAAS_NAMESPACE")]
+    namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform on this machine: control plane, operator, executor, gateway.
+    Up(up::UpArgs),
+    /// Print the kubefaas CustomResourceDefinitions (YAML).
+    Crds,
+    /// Manage functions.
+    #[command(subcommand, name = "fn")]
+    Function(client::FunctionCommand),
+    /// Invoke a function (synchronously unless --async).
+    Invoke(client::InvokeArgs),
+    /// Print the logs of an invocation.
+    Logs {
+        /// Invocation id.
+        id: String,
+    },
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let gateway =
+        || client::Gateway::new(&cli.gateway, cli.token.clone(), cli.namespace.clone(), cli.output);
+    match cli.command {
+        Command::Up(args) => up::up(args).await,
+        Command::Crds => {
+            let mut out = String::new();
+            for crd in kubefaas_core::resources::crds() {
+                let yaml = kubefaas_core::resources::crd_yaml(&crd)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                out.push_str("---\n");
+                out.push_str(&yaml);
+            }
+            print!("{out}");
+            Ok(())
+        }
+        Command::Function(command) => gateway()?.function(command).await,
+        Command::Invoke(args) => gateway()?.invoke(args).await,
+        Command::Logs { id } => gateway()?.logs(&id).await,
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            let mut stdout = std::io::stdout();
+            clap_complete::generate(shell, &mut command, "kubefaas", &mut stdout);
+            let _ = stdout.flush();
+            Ok(())
+        }
+    }
+}

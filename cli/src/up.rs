@@ -1,0 +1,185 @@
+//! `kubefaas up`: the whole platform on one machine, in one process.
+//!
+//! Starts the standalone control plane, installs the CRDs, then runs the operator, the executor
+//! and (when built in) the gateway against the given PostgreSQL and Redis, until Ctrl-C or
+//! SIGTERM, and stops them all cleanly.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use kubefaas_core::validation::Limits;
+use tokio::sync::watch;
+
+use crate::CliError;
+
+/// Whether the gateway asks for tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Auth {
+    /// Anyone who can reach the gateway may use it (fine on loopback, nowhere else).
+    None,
+    /// Bearer tokens (`kubefaas token create`).
+    Token,
+}
+
+/// Flags of `kubefaas up`.
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: String,
+    /// Address of the REST gateway.
+    #[arg(long, env = "KUBEFAAS_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    gateway_addr: SocketAddr,
+    /// Address of the Kubernetes API of the standalone control plane.
+    #[arg(long, env = "KUBEFAAS_API_ADDR", default_value = "127.0.0.1:6443")]
+    api_addr: SocketAddr,
+    /// Where the control plane keeps its objects and the executor its instances.
+    #[arg(long, env = "KUBEFAAS_DATA_DIR", default_value = ".kubefaas")]
+    data_dir: PathBuf,
+    /// Where to write the kubeconfig for kubectl (default: DATA_DIR/kubeconfig).
+    #[arg(long, env = "KUBEFAAS_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Whether the gateway asks for tokens.
+    #[arg(long, env = "KUBEFAAS_AUTH", value_enum, default_value = "none")]
+    auth: Auth,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "KUBEFAAS_QUEUE_PREFIX", default_value = "kubefaas")]
+    queue_prefix: String,
+}
+
+/// Runs the platform until a shutdown signal.
+pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| CliError::Io {
+        what: format!("creating {}", args.data_dir.display()),
+        source,
+    })?;
+    let data_dir = args.data_dir.canonicalize().unwrap_or_else(|_| args.data_dir.clone());
+    let kubeconfig = args.kubeconfig.clone().unwrap_or_else(|| data_dir.join("kubeconfig"));
+
+    let server = kubefaas_standalone::ApiServer::start(kubefaas_standalone::Config {
+        listen: args.api_addr,
+        data_dir: Some(data_dir.join("apiserver")),
+        kubeconfig: Some(kubeconfig.clone()),
+        ..kubefaas_standalone::Config::default()
+    })
+    .await
+    .map_err(|e| CliError::Start { component: "control plane", message: e.to_string() })?;
+    let mut client_config =
+        kube::Config::new(format!("http://{}", server.addr()).parse().map_err(|e| {
+            CliError::Start { component: "control plane", message: format!("{e}") }
+        })?);
+    client_config.default_namespace = "default".into();
+    let client = kube::Client::try_from(client_config)
+        .map_err(|e| CliError::Start { component: "Kubernetes client", message: e.to_string() })?;
+    install_crds(&client).await?;
+
+    let (stop, stopped) = watch::channel(false);
+    let signal = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let operator = tokio::spawn(kubefaas_operator::run_with_client(
+        client.clone(),
+        kubefaas_operator::Config {
+            database_url: args.database_url.clone(),
+            redis_url: args.redis_url.clone(),
+            queue_prefix: args.queue_prefix.clone(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            namespace: None,
+            function_wait: Duration::from_secs(60),
+            limits: Limits::default(),
+        },
+        signal(stopped.clone()),
+    ));
+
+    let mut worker =
+        kubefaas_executor::worker::WorkerConfig::new(format!("kubefaas-up-{}", std::process::id()));
+    worker.lease = Duration::from_secs(30);
+    let executor = tokio::spawn(kubefaas_executor::service::run_with(
+        kubefaas_executor::service::ExecutorConfig {
+            database_url: args.database_url.clone(),
+            redis_url: args.redis_url.clone(),
+            queue_prefix: args.queue_prefix.clone(),
+            work_dir: data_dir.join("executor"),
+            sandbox: kubefaas_executor::SandboxMode::Auto,
+            worker,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grace: Duration::from_secs(10),
+        },
+        kubefaas_executor::functions::KubeFunctions::new(client.clone()),
+        signal(stopped.clone()),
+    ));
+
+    if args.auth == Auth::None {
+        eprintln!(
+            "WARNING: authentication is OFF (--auth none): anyone who can reach the gateway can use it."
+        );
+    }
+    println!("kubefaas is up");
+    println!(
+        "  Kubernetes API: http://{}  (export KUBECONFIG={})",
+        server.addr(),
+        kubeconfig.display()
+    );
+    println!("  gateway:        not built in yet (see README)");
+    println!("  data:           {}", data_dir.display());
+    println!("Press Ctrl-C to stop.");
+
+    let (mut operator, mut executor) = (operator, executor);
+    tokio::select! {
+        () = kubefaas_core::service::shutdown_signal() => {}
+        result = &mut operator => return Err(ended_early("operator", result)),
+        result = &mut executor => return Err(ended_early("executor", result)),
+    }
+    let _ = stop.send(true);
+    let finished = tokio::time::timeout(Duration::from_secs(20), async {
+        let _ = (&mut operator).await;
+        let _ = (&mut executor).await;
+    })
+    .await;
+    if finished.is_err() {
+        eprintln!("components did not stop within 20 s; stopping anyway");
+    }
+    server
+        .shutdown()
+        .await
+        .map_err(|e| CliError::Start { component: "control plane", message: e.to_string() })?;
+    println!("kubefaas stopped");
+    Ok(())
+}
+
+/// A component that should run until shutdown ended early.
+fn ended_early<E: std::fmt::Display>(
+    component: &'static str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> CliError {
+    let message = match result {
+        Ok(Ok(())) => "stopped unexpectedly".to_owned(),
+        Ok(Err(error)) => error.to_string(),
+        Err(join) => join.to_string(),
+    };
+    CliError::Start { component, message }
+}
+
+/// Installs (or updates) the kubefaas CRDs with server-side apply.
+async fn install_crds(client: &kube::Client) -> Result<(), CliError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in kubefaas_core::resources::crds() {
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("kubefaas").force(), &Patch::Apply(&crd))
+            .await
+            .map_err(|e| CliError::Start {
+                component: "CRD installation",
+                message: format!("{name}: {e}"),
+            })?;
+    }
+    Ok(())
+}
