@@ -41,10 +41,13 @@ async fn main() {
     }
 
     let mut latencies = Vec::with_capacity(samples);
+    let mut ids = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
-        p.expect(200, "POST", "/functions/echo/invoke", Some(&payload)).await;
+        let reply = p.call("POST", "/functions/echo/invoke", Some(&payload)).await;
         latencies.push(start.elapsed());
+        assert_eq!(reply.status, 200);
+        ids.push(reply.header("x-kubefaas-invocation-id").unwrap().to_owned());
     }
     latencies.sort();
     let at =
@@ -55,6 +58,27 @@ async fn main() {
         at(0.90),
         at(0.99),
         ms(latencies[latencies.len() - 1])
+    );
+
+    // Where the time goes, from the rows' timestamps (medians over the samples).
+    let (mut queued, mut running, mut handler) = (Vec::new(), Vec::new(), Vec::new());
+    for id in ids.iter().take(100) {
+        let row = p.expect(200, "GET", &format!("/invocations/{id}"), None).await;
+        let at = |field: &str| {
+            chrono::DateTime::parse_from_rfc3339(row[field].as_str().unwrap()).unwrap()
+        };
+        queued.push((at("started_at") - at("created_at")).num_microseconds().unwrap());
+        running.push((at("completed_at") - at("started_at")).num_microseconds().unwrap());
+        handler.push(row["metrics"]["duration_ms"].as_i64().unwrap_or_default() * 1000);
+    }
+    for list in [&mut queued, &mut running, &mut handler] {
+        list.sort_unstable();
+    }
+    println!(
+        "  median: row created -> claimed by the executor {:.2} ms, claimed -> committed {:.2} ms (handler {:.0} ms)",
+        queued[queued.len() / 2] as f64 / 1000.0,
+        running[running.len() / 2] as f64 / 1000.0,
+        handler[handler.len() / 2] as f64 / 1000.0
     );
 
     // Asynchronous: submit from 8 clients at once, then wait until every one has succeeded.
@@ -74,7 +98,7 @@ async fn main() {
             ids
         }));
     }
-    let mut ids = Vec::new();
+    let mut ids = Vec::with_capacity(jobs);
     for client in clients {
         ids.extend(client.await.unwrap());
     }
