@@ -401,3 +401,31 @@ pub struct NamespaceQuery {
     /// Namespace (also `X-Kubefaas-Namespace`); the gateway's default when absent.
     pub namespace: Option<String>,
 }
+
+/// `POST /tokens`: a new API token.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CreateToken {
+    /// A name to tell the token apart.
+    #[serde(default)]
+    pub name: String,
+    /// Namespaces the token may act in; `*` for all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// A token just created.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    /// Token id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// The bearer token: shown only in this answer, stored only as a hash.
+    pub token: String,
+    /// Its first characters, to tell tokens apart later.
+    pub token_prefix: String,
+    /// Namespaces it may act in.
+    pub namespaces: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}

@@ -28,6 +28,7 @@ use crate::{error, model, routes};
         routes::invocations::get,
         routes::invocations::logs,
         routes::invocations::list,
+        routes::tokens::create,
         routes::health::health,
         routes::health::healthz,
         routes::health::ready,
@@ -39,12 +40,14 @@ use crate::{error, model, routes};
         model::CreateFunction, model::UpdateFunction, model::FunctionResponse, model::CodeInfo,
         model::FunctionConfig, model::FunctionList, model::InvokeRequest, model::InvokeAccepted,
         model::InvocationResponse, model::ErrorDetail, model::MetricsDetail, model::InvocationList,
-        model::LogsResponse, model::HealthResponse, model::ReadyResponse,
+        model::LogsResponse, model::HealthResponse, model::ReadyResponse, model::CreateToken,
+        model::TokenCreated,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "functions", description = "Create, read, update and delete functions"),
         (name = "invocations", description = "Run functions and read their results"),
+        (name = "tokens", description = "API tokens"),
         (name = "health", description = "Health, readiness, metrics and this document"),
     )
 )]

@@ -261,6 +261,33 @@ async fn tokens_are_required_scoped_to_namespaces_and_rate_limited() {
     limited.error(429, "rate_limited");
     assert!(limited.header("retry-after").is_some());
 
+    // Only a token for all namespaces creates tokens; the new one works in its namespace.
+    let admin = rig.store.create_token("admin", &["*".to_owned()], None).await.unwrap();
+    let admin_bearer = format!("Bearer {}", admin.secret);
+    let admin_auth = [("Authorization", admin_bearer.as_str())];
+    let wanted = json!({"name": "ci", "namespaces": ["team-c"]});
+    let other = rig.store.create_token("team-b", &["team-b".to_owned()], None).await.unwrap();
+    let other_bearer = format!("Bearer {}", other.secret);
+    json(addr, "POST", "/tokens", &[("Authorization", other_bearer.as_str())], &wanted)
+        .await
+        .error(403, "forbidden");
+    let bad = json!({"name": "ci", "namespaces": ["Team C"]});
+    let error =
+        json(addr, "POST", "/tokens", &admin_auth, &bad).await.error(400, "invalid_request");
+    assert_eq!(error["field"], "namespaces");
+    let created = json(addr, "POST", "/tokens", &admin_auth, &wanted).await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let secret = created.json()["token"].as_str().unwrap().to_owned();
+    let new_bearer = format!("Bearer {secret}");
+    let new_auth = [("Authorization", new_bearer.as_str())];
+    assert_eq!(
+        request(addr, "GET", "/functions?namespace=team-c", &new_auth, None).await.status,
+        200
+    );
+    request(addr, "GET", "/functions?namespace=team-a", &new_auth, None)
+        .await
+        .error(403, "forbidden");
+
     rig.assert_nothing_created().await;
 }
 
@@ -294,6 +321,7 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
+        ("/tokens", &["post"]),
     ] {
         for method in methods {
             let operation = &doc["paths"][path][method];
@@ -301,7 +329,7 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
             assert!(operation["responses"].is_object(), "{method} {path} has no responses");
         }
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 12, "every route, no more");
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 13, "every route, no more");
     let schemas = &doc["components"]["schemas"];
     for schema in ["ErrorBody", "CreateFunction", "FunctionResponse", "InvocationResponse"] {
         assert!(schemas[schema].is_object(), "{schema} is missing");

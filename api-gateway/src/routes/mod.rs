@@ -3,6 +3,7 @@
 pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;
+pub(crate) mod tokens;
 
 use axum::{
     Router,
@@ -37,6 +38,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
         .route("/invocations/{id}/logs", get(invocations::logs))
+        .route("/tokens", post(tokens::create))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let open = Router::new()
         .route("/health", get(health::health))
