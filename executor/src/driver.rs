@@ -113,6 +113,15 @@ pub struct Driver {
     pub(crate) interpreters: Interpreters,
     pub(crate) bootstraps: HashMap<Language, PathBuf>,
     pub(crate) go: GoBuilder,
+    /// Where instances' control sockets live: a short private directory, because a unix socket
+    /// path must stay under about 100 bytes and work directories can be deep.
+    pub(crate) socket_dir: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
 }
 
 impl Driver {
@@ -124,7 +133,17 @@ impl Driver {
         }
         let bootstraps = write_bootstraps(&config.cache_dir.join("bootstrap"))?;
         let go = GoBuilder::new(config.cache_dir.join("go"), config.build_timeout);
+        let socket_dir =
+            std::env::temp_dir().join(format!("kubefaas-{}", crate::instance::unique_id()));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&socket_dir)
+                .map_err(|source| Error::PrepareFiles { path: socket_dir.clone(), source })?;
+        }
         Ok(Arc::new(Self {
+            socket_dir,
             sandbox: Sandbox::detect(config.sandbox),
             interpreters: Interpreters::default(),
             bootstraps,
