@@ -7,6 +7,7 @@
 //! - [`runtime`]: the runtime catalogue.
 //! - [`service`]: shutdown signals and readiness checks shared by the service binaries.
 //! - [`store`]: the PostgreSQL store of functions and invocations, and the invocation lifecycle.
+//! - [`tokens`]: the gateway's API tokens, stored as SHA-256 hashes.
 //! - [`queue`]: the Redis Streams invocation queue: claims, retries with backoff, reclaim of
 //!   abandoned work, dead letters, trimming, stats and completion notifications.
 //!
@@ -23,4 +24,5 @@ pub mod runtime;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod tokens;
 pub mod validation;

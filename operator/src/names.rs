@@ -14,7 +14,7 @@ pub const FUNCTION_LABEL: &str = "kubefaas.io/function";
 pub const MANAGED_BY: &str = "kubefaas-operator";
 
 /// Annotation with free-form REST metadata (a JSON object) of a Function.
-pub const METADATA_ANNOTATION: &str = "kubefaas.io/metadata";
+pub use kubefaas_core::resources::METADATA_ANNOTATION;
 
 /// Condition types.
 pub mod condition {

@@ -7,6 +7,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Annotation of a Function holding the REST API's free-form `metadata` (a JSON object); the
+/// operator copies it into the function's row.
+pub const METADATA_ANNOTATION: &str = "kubefaas.io/metadata";
+
 /// Declares a function: its code, the runtime that runs it, and the limits and scaling it runs
 /// with. The operator stores the code, records the function in PostgreSQL and reports readiness
 /// in `.status`; invoke it by creating an `Invocation` or through the REST gateway.

@@ -1,0 +1,133 @@
+//! Measures the gateway on this machine: warm synchronous invoke latency (p50/p90/p99) and
+//! asynchronous throughput, against the whole platform started as separate processes (the
+//! end-to-end harness) with real PostgreSQL and Redis.
+//!
+//! ```text
+//! cargo build --workspace --bins --examples   # the binaries the harness starts
+//! DATABASE_URL=... REDIS_URL=... cargo run -p kubefaas-api-gateway --example latency [-- N]
+//! ```
+//!
+//! Add `--release` to both commands to measure optimised binaries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::platform::Platform;
+use serde_json::json;
+
+const ECHO: &str = "def handler(event, context):\n    return event\n";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let samples: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(300);
+    let p = Platform::start().await;
+    let code = base64::engine::general_purpose::STANDARD.encode(ECHO);
+    let body =
+        json!({"name": "echo", "runtime": "python", "handler": "main.handler", "code": code});
+    p.expect(201, "POST", "/functions", Some(&body)).await;
+    let payload = json!({"n": 1});
+
+    // Warm up: the first call starts an instance (cold start), later ones reuse it.
+    let cold = Instant::now();
+    p.expect(200, "POST", "/functions/echo/invoke", Some(&payload)).await;
+    println!("cold sync invoke: {:.1} ms", ms(cold.elapsed()));
+    for _ in 0..20 {
+        p.expect(200, "POST", "/functions/echo/invoke", Some(&payload)).await;
+    }
+
+    let mut latencies = Vec::with_capacity(samples);
+    let mut ids = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        let reply = p.call("POST", "/functions/echo/invoke", Some(&payload)).await;
+        latencies.push(start.elapsed());
+        assert_eq!(reply.status, 200);
+        ids.push(reply.header("x-kubefaas-invocation-id").unwrap().to_owned());
+    }
+    latencies.sort();
+    let at =
+        |q: f64| ms(latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]);
+    println!(
+        "warm sync invoke, sequential, {samples} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        ms(latencies[latencies.len() - 1])
+    );
+
+    // Where the time goes, from the rows' timestamps (medians over the samples).
+    let (mut queued, mut running, mut handler) = (Vec::new(), Vec::new(), Vec::new());
+    for id in ids.iter().take(100) {
+        let row = p.expect(200, "GET", &format!("/invocations/{id}"), None).await;
+        let at = |field: &str| {
+            chrono::DateTime::parse_from_rfc3339(row[field].as_str().unwrap()).unwrap()
+        };
+        queued.push((at("started_at") - at("created_at")).num_microseconds().unwrap());
+        running.push((at("completed_at") - at("started_at")).num_microseconds().unwrap());
+        handler.push(row["metrics"]["duration_ms"].as_i64().unwrap_or_default() * 1000);
+    }
+    for list in [&mut queued, &mut running, &mut handler] {
+        list.sort_unstable();
+    }
+    println!(
+        "  median: row created -> claimed by the executor {:.2} ms, claimed -> committed {:.2} ms (handler {:.0} ms)",
+        queued[queued.len() / 2] as f64 / 1000.0,
+        running[running.len() / 2] as f64 / 1000.0,
+        handler[handler.len() / 2] as f64 / 1000.0
+    );
+
+    // Asynchronous: submit from 8 clients at once, then wait until every one has succeeded.
+    let jobs = samples;
+    let start = Instant::now();
+    let p = std::sync::Arc::new(p);
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let p = std::sync::Arc::clone(&p);
+        clients.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in (client..jobs).step_by(8) {
+                let body = json!({"function": "echo", "payload": {"i": i}});
+                let accepted = p.expect(202, "POST", "/invoke", Some(&body)).await;
+                ids.push(accepted["invocation_id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::with_capacity(jobs);
+    for client in clients {
+        ids.extend(client.await.unwrap());
+    }
+    let submitted = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = p.expect(200, "GET", "/invocations?status=succeeded&limit=1000", None).await;
+        let finished = done["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["source"] == "resource")
+            .count();
+        if finished >= jobs || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = start.elapsed();
+    println!(
+        "async: {jobs} invocations accepted in {:.2} s ({:.0}/s), all succeeded after {:.2} s ({:.1}/s end to end)",
+        submitted.as_secs_f64(),
+        jobs as f64 / submitted.as_secs_f64(),
+        total.as_secs_f64(),
+        jobs as f64 / total.as_secs_f64()
+    );
+    assert_eq!(ids.len(), jobs);
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,377 @@
+//! Invocations: the synchronous fast path, asynchronous invokes through `Invocation`
+//! resources, and reads of results and logs from PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use kube::{Api, ResourceExt};
+use kubefaas_core::{
+    queue::{Job, Waited},
+    resources::{Invocation, InvocationSpec},
+    store::{InvocationQuery, InvocationRow, NewInvocation, Source, Status, StoreError},
+    validation,
+};
+use uuid::Uuid;
+
+use crate::{
+    AppState, INVOCATION_ID_HEADER, NAMESPACE_HEADER,
+    cache::invocable,
+    error::{ApiError, ApiResult, ErrorBody},
+    extract::{ApiBytes, ApiJson, ApiQuery, Namespace},
+    model::{
+        InvocationFilter, InvocationList, InvocationResponse, InvokeAccepted, InvokeRequest,
+        LogsResponse,
+    },
+    routes::{
+        functions::{find, invalid, kube_error, page},
+        post_params,
+    },
+};
+
+/// Runs a function and answers with its result.
+///
+/// The body is the event (any JSON; empty means `null`); the request's headers (except
+/// credentials, hop-by-hop headers and `X-Kubefaas-Namespace`) reach the handler's context.
+/// The answer's body is what the handler returned, and the `X-Kubefaas-Invocation-Id` header
+/// names the invocation (also readable through `GET /invocations/{id}`). Failures answer with
+/// the structured error: a function error (an exception) is 500 `function_error`, running out of memory is 502
+/// `out_of_memory`, the function's own timeout is 504 `function_timeout`, a function deleted
+/// meanwhile is 404. When the invocation is still running at the gateway's deadline the answer
+/// is 504 `timeout` with the invocation id: poll `GET /invocations/{id}`.
+#[utoipa::path(post, path = "/functions/{function}/invoke", tag = "invocations",
+    params(("function" = String, Path, description = "Function name"), crate::model::NamespaceQuery),
+    request_body(content = Object, description = "The event passed to the handler (any JSON)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The handler's result", body = Object,
+            headers(("x-kubefaas-invocation-id" = String, description = "The invocation's id"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+        (status = 409, description = "The function is not ready", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 500, description = "The function raised an error (`function_error`)", body = ErrorBody),
+        (status = 502, description = "The function ran out of memory (`out_of_memory`) or the platform failed it (`invocation_failed`)", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+        (status = 504, description = "The function timed out (`function_timeout`), or is still running at the gateway's deadline (`timeout`)", body = ErrorBody),
+    ))]
+pub(crate) async fn invoke_sync(
+    State(state): State<AppState>,
+    Namespace(namespace): Namespace,
+    Path(name): Path<String>,
+    request_headers: HeaderMap,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<Response> {
+    let headers = forwarded_headers(&request_headers, state.settings.limits.max_header_bytes)?;
+    if body.len() > state.settings.limits.max_payload_bytes {
+        return Err(payload_too_large(state.settings.limits.max_payload_bytes));
+    }
+    let payload = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?)
+    };
+    let function = state.functions.get(&namespace, &name).ok_or_else(|| {
+        ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
+    })?;
+    let function_id = invocable(&function).map_err(|why| not_ready(&name, &why))?;
+    let id = Uuid::new_v4();
+    let new = NewInvocation {
+        id,
+        function_id,
+        namespace: namespace.clone(),
+        function_name: name.clone(),
+        resource_name: None,
+        source: Source::Sync,
+        payload,
+        headers,
+        timeout_seconds: function.spec.timeout_seconds,
+        max_attempts: function.spec.retry.max_attempts.max(1),
+    };
+    state.store.create_invocation(&new).await.map_err(|e| match e {
+        StoreError::UnknownFunction(_) => {
+            ApiError::not_found(format!("function {name:?} was deleted"))
+        }
+        other => other.into(),
+    })?;
+    state.store.mark_queued(id).await?;
+    // The row is queued: if enqueueing fails, the executor's sweeper enqueues it later.
+    if let Err(error) = state.queue.enqueue(&Job::new(id, function_id, &namespace, &name)).await {
+        return Err(ApiError::unavailable("Redis", &error).with_invocation(id));
+    }
+    let store = state.store.clone();
+    let waited = state
+        .completions
+        .wait(id, state.settings.sync_timeout, || {
+            let store = store.clone();
+            async move {
+                Ok::<_, StoreError>(store.invocation(id).await?.filter(|r| r.status.is_terminal()))
+            }
+        })
+        .await?;
+    let row = match waited {
+        Waited::Finished(row) => row,
+        Waited::TimedOut => {
+            state.metrics.sync_outcome("waiting");
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the invocation is still running after {:?}; poll GET /invocations/{id}",
+                    state.settings.sync_timeout
+                ),
+            )
+            .with_invocation(id));
+        }
+    };
+    outcome(&state, row)
+}
+
+/// The HTTP answer of a finished synchronous invocation.
+fn outcome(state: &AppState, row: InvocationRow) -> ApiResult<Response> {
+    let id = row.id;
+    let error_type = row.error.as_ref().map(|e| e.type_.as_str()).unwrap_or_default();
+    let (status, code, outcome) = match (row.status, error_type) {
+        (Status::Succeeded, _) => {
+            state.metrics.sync_outcome("succeeded");
+            let mut response = Json(row.result.unwrap_or_default()).into_response();
+            if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+                response.headers_mut().insert(INVOCATION_ID_HEADER, value);
+            }
+            return Ok(response);
+        }
+        (Status::TimedOut, _) | (_, "TimedOut") => {
+            (StatusCode::GATEWAY_TIMEOUT, "function_timeout", "timed_out")
+        }
+        (_, "OutOfMemory") => (StatusCode::BAD_GATEWAY, "out_of_memory", "out_of_memory"),
+        (_, "FunctionNotFound") => (StatusCode::NOT_FOUND, "not_found", "failed"),
+        (_, "FunctionNotReady" | "InstanceLost" | "InfrastructureError") => {
+            (StatusCode::BAD_GATEWAY, "invocation_failed", "failed")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "function_error", "failed"),
+    };
+    state.metrics.sync_outcome(outcome);
+    let message = row
+        .error
+        .as_ref()
+        .map_or_else(|| format!("the invocation ended {}", row.status), |e| e.message.clone());
+    Err(ApiError::new(status, code, message).with_function_error(row.error).with_invocation(id))
+}
+
+/// Request headers that reach the handler's context: all but credentials, the connection's own
+/// and the gateway's, with names in lower case. Values that are not text are left out.
+fn forwarded_headers(headers: &HeaderMap, limit: usize) -> ApiResult<BTreeMap<String, String>> {
+    const HELD_BACK: &[&str] = &[
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+        "host",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        NAMESPACE_HEADER,
+    ];
+    let mut forwarded = BTreeMap::new();
+    let mut size = 0;
+    for (name, value) in headers {
+        if HELD_BACK.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(text) = value.to_str() {
+            size += name.as_str().len() + text.len();
+            forwarded.insert(name.as_str().to_owned(), text.to_owned());
+        }
+    }
+    if size > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request headers passed to the function exceed {limit} bytes"),
+        ));
+    }
+    Ok(forwarded)
+}
+
+fn not_ready(name: &str, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_ready",
+        format!("function {name:?} is not ready: {why}"),
+    )
+}
+
+fn payload_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the payload is larger than {limit} bytes"),
+    )
+}
+
+/// Runs a function asynchronously through an `Invocation` resource.
+#[utoipa::path(post, path = "/invoke", tag = "invocations", request_body = InvokeRequest,
+    params(crate::model::NamespaceQuery),
+    responses(
+        (status = 202, description = "Accepted; poll GET /invocations/{invocation_id}", body = InvokeAccepted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
+pub(crate) async fn invoke_async(
+    State(state): State<AppState>,
+    Namespace(namespace): Namespace,
+    ApiJson(body): ApiJson<InvokeRequest>,
+) -> ApiResult<(StatusCode, Json<InvokeAccepted>)> {
+    let name = match (&body.function_id, &body.function) {
+        (Some(id), _) => find(&state, &namespace, &id.to_string()).await?.record.name,
+        (None, Some(name)) if !name.is_empty() => name.clone(),
+        _ => return Err(ApiError::field("function", "give function or function_id")),
+    };
+    let mut spec = InvocationSpec::new(&name, serde_json::Value::Null);
+    spec.payload = body.payload;
+    spec.headers = body.headers;
+    spec.timeout_seconds = body.timeout;
+    validation::validate_invocation("invocation", &spec, &state.settings.limits)
+        .map_err(|e| invalid(&e))?;
+    let function = state.functions.get(&namespace, &name).ok_or_else(|| {
+        ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
+    })?;
+    validation::validate_invocation_for_function(&spec, &function.spec).map_err(|e| invalid(&e))?;
+
+    let mut object = Invocation::new("", spec);
+    object.metadata.name = None;
+    // Object names are at most 253 characters; function names at most 63.
+    object.metadata.generate_name = Some(format!("{name}-"));
+    object.metadata.namespace = Some(namespace.clone());
+    let api: Api<Invocation> = Api::namespaced(state.client.clone(), &namespace);
+    let created = api
+        .create(&post_params(), &object)
+        .await
+        .map_err(|e| kube_error(e, &format!("invocation of {name:?}")))?;
+    let id = created
+        .uid()
+        .and_then(|uid| Uuid::parse_str(&uid).ok())
+        .ok_or_else(|| ApiError::internal(&"the API server gave the invocation no UUID uid"))?;
+    // Record the row now, as the operator would, so GET /invocations/{id} answers at once; the
+    // operator finds it (creation is idempotent on the id) and queues it.
+    if let Ok(function_id) = invocable(&function) {
+        let new = NewInvocation {
+            id,
+            function_id,
+            namespace: namespace.clone(),
+            function_name: name.clone(),
+            resource_name: Some(created.name_any()),
+            source: Source::Resource,
+            payload: created.spec.payload.clone(),
+            headers: created.spec.headers.clone(),
+            timeout_seconds: created.spec.timeout_seconds.unwrap_or(function.spec.timeout_seconds),
+            max_attempts: function.spec.retry.max_attempts.max(1),
+        };
+        if let Err(error) = state.store.create_invocation(&new).await {
+            tracing::warn!(%id, %error, "cannot record the invocation; the operator will");
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(InvokeAccepted { invocation_id: id, status: "pending".into() })))
+}
+
+/// One invocation: status, result, error, metrics and timestamps.
+#[utoipa::path(get, path = "/invocations/{id}", tag = "invocations",
+    params(("id" = Uuid, Path, description = "Invocation id"), crate::model::NamespaceQuery),
+    responses(
+        (status = 200, body = InvocationResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Namespace(namespace): Namespace,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InvocationResponse>> {
+    Ok(Json(find_invocation(&state, &namespace, &id).await?.into()))
+}
+
+/// The logs (stdout and stderr, a bounded tail) of one invocation.
+#[utoipa::path(get, path = "/invocations/{id}/logs", tag = "invocations",
+    params(("id" = Uuid, Path, description = "Invocation id"), crate::model::NamespaceQuery),
+    responses(
+        (status = 200, body = LogsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Namespace(namespace): Namespace,
+    Path(id): Path<String>,
+) -> ApiResult<Json<LogsResponse>> {
+    let row = find_invocation(&state, &namespace, &id).await?;
+    Ok(Json(LogsResponse {
+        invocation_id: row.id,
+        status: row.status.as_str().to_owned(),
+        logs: row.logs.unwrap_or_default(),
+    }))
+}
+
+/// Lists invocations, newest first.
+#[utoipa::path(get, path = "/invocations", tag = "invocations", params(InvocationFilter),
+    responses(
+        (status = 200, body = InvocationList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Namespace(namespace): Namespace,
+    ApiQuery(filter): ApiQuery<InvocationFilter>,
+) -> ApiResult<Json<InvocationList>> {
+    let (limit, offset) = page(filter.limit, filter.offset)?;
+    let status = match filter.status.as_deref() {
+        None | Some("") => None,
+        Some(text) => {
+            Some(text.parse::<Status>().map_err(|e| ApiError::field("status", e.to_string()))?)
+        }
+    };
+    let function_id = match filter.function_id.as_deref() {
+        None | Some("") => None,
+        Some(text) => match Uuid::parse_str(text) {
+            Ok(id) => Some(id),
+            // A name: the live function of that name; none means nothing can match.
+            Err(_) => match state.store.function_by_name(&namespace, text).await? {
+                Some(row) => Some(row.record.id),
+                None => return Ok(Json(InvocationList { invocations: Vec::new(), limit, offset })),
+            },
+        },
+    };
+    let query = InvocationQuery {
+        namespace: Some(namespace),
+        function_id,
+        status,
+        limit: Some(limit),
+        offset: Some(offset),
+    };
+    let rows = state.store.list_invocations(&query).await?;
+    Ok(Json(InvocationList {
+        invocations: rows.into_iter().map(Into::into).collect(),
+        limit,
+        offset,
+    }))
+}
+
+async fn find_invocation(state: &AppState, namespace: &str, id: &str) -> ApiResult<InvocationRow> {
+    let uuid = Uuid::parse_str(id)
+        .map_err(|_| ApiError::field("id", format!("{id:?} is not an invocation id (a UUID)")))?;
+    state.store.invocation(uuid).await?.filter(|row| row.namespace == namespace).ok_or_else(|| {
+        ApiError::not_found(format!("invocation {id} not found in namespace {namespace:?}"))
+    })
+}

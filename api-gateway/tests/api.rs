@@ -1,0 +1,367 @@
+//! Handler-level tests: the gateway in-process against an in-memory Kubernetes API server (no
+//! operator: nothing here gets as far as needing one) and real PostgreSQL and Redis. Bad input,
+//! missing or wrong tokens and wrong namespaces each get the specified status and JSON error,
+//! and nothing is created.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::Engine as _;
+use common::{env, fresh_database, json, request};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use kubefaas_api_gateway::{AuthMode, Config, Gateway, RateLimit};
+use kubefaas_core::{
+    resources::{Function, FunctionCode, FunctionSpec, Invocation, crds},
+    store::{CodeSource, FunctionQuery, FunctionRecord, InvocationQuery, Store, StoreConfig},
+};
+use kubefaas_standalone::ApiServer;
+use serde_json::json;
+use uuid::Uuid;
+
+/// A gateway with its own API server, schema and queue prefix.
+struct Rig {
+    addr: SocketAddr,
+    client: Client,
+    store: Store,
+    _apiserver: ApiServer,
+    _gateway: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
+        let apiserver = ApiServer::start(kubefaas_standalone::Config::default()).await.unwrap();
+        let kubeconfig = Kubeconfig::from_yaml(&apiserver.kubeconfig()).unwrap();
+        let client_config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .unwrap();
+        let client = Client::try_from(client_config).unwrap();
+        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crds() {
+            crd_api.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        let database_url = fresh_database().await;
+        let mut config = Config::new(&database_url, env("REDIS_URL"));
+        config.queue_prefix = format!("gw-{}", Uuid::new_v4().simple());
+        config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.auth = AuthMode::None;
+        config.rate_limit = None;
+        config.max_body_bytes = 64 * 1024;
+        config.function_wait = Duration::from_secs(2);
+        adjust(&mut config);
+        let gateway = Gateway::bind(client.clone(), config).await.unwrap();
+        let addr = gateway.local_addr();
+        let task = tokio::spawn(async move {
+            gateway.serve(std::future::pending()).await.unwrap();
+        });
+        let store = Store::connect(&StoreConfig::new(database_url)).await.unwrap();
+        Self { addr, client, store, _apiserver: apiserver, _gateway: task }
+    }
+
+    /// A Function the (absent) operator would have made ready: object, status and row.
+    async fn ready_function(&self, name: &str) -> Uuid {
+        let api: Api<Function> = Api::namespaced(self.client.clone(), "default");
+        let spec = FunctionSpec::new("python", "main.handler", FunctionCode::inline("x = 1"));
+        let created = api.create(&PostParams::default(), &Function::new(name, spec)).await.unwrap();
+        let id = Uuid::parse_str(&created.metadata.uid.unwrap()).unwrap();
+        let status = json!({"status": {
+            "phase": "Ready", "functionId": id, "observedGeneration": created.metadata.generation,
+        }});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+        let record = FunctionRecord {
+            id,
+            namespace: "default".into(),
+            name: name.into(),
+            version: "1.0.0".into(),
+            runtime: "python".into(),
+            handler: "main.handler".into(),
+            code_source: CodeSource::Inline,
+            code_location: None,
+            code_checksum: "0".repeat(64),
+            code_size: 5,
+            timeout_seconds: 30,
+            memory_mb: 128,
+            cpu_millis: 100,
+            max_concurrency: 10,
+            environment: Default::default(),
+            metadata: json!({}),
+        };
+        self.store.upsert_function(&record).await.unwrap();
+        // Wait until the gateway's cache has seen the status.
+        let deadline = tokio::time::Instant::now() + common::PATIENCE;
+        while request(self.addr, "GET", &format!("/functions/{name}"), &[], None).await.json()["status"]
+            != "ready"
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the cache never saw {name} ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        id
+    }
+
+    /// Asserts no Function, Invocation or row was created anywhere.
+    async fn assert_nothing_created(&self) {
+        let functions: Api<Function> = Api::all(self.client.clone());
+        assert!(functions.list(&ListParams::default()).await.unwrap().items.is_empty());
+        let invocations: Api<Invocation> = Api::all(self.client.clone());
+        assert!(invocations.list(&ListParams::default()).await.unwrap().items.is_empty());
+        assert!(self.store.list_functions(&FunctionQuery::default()).await.unwrap().is_empty());
+        assert!(self.store.list_invocations(&InvocationQuery::default()).await.unwrap().is_empty());
+    }
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn valid_function() -> serde_json::Value {
+    json!({
+        "name": "hello",
+        "runtime": "python",
+        "handler": "main.handler",
+        "code": b64("def handler(event, context):\n    return event\n"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_specified_status_and_json_error_and_creates_nothing() {
+    let rig = Rig::start(|_| {}).await;
+    let addr = rig.addr;
+
+    let malformed = request(
+        addr,
+        "POST",
+        "/functions",
+        &[("Content-Type", "application/json")],
+        Some(b"{\"name\": "),
+    )
+    .await;
+    malformed.error(400, "invalid_json");
+
+    let untyped = request(addr, "POST", "/functions", &[], Some(b"{}")).await;
+    untyped.error(415, "unsupported_media_type");
+
+    let mut body = valid_function();
+    body["runtime"] = json!("cobol");
+    let error = json(addr, "POST", "/functions", &[], &body).await.error(400, "invalid_request");
+    assert_eq!(error["field"], "runtime", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("python"), "lists the runtimes: {error}");
+
+    let mut body = valid_function();
+    body["code"] = json!("%%% not base64 %%%");
+    let error = json(addr, "POST", "/functions", &[], &body).await.error(400, "invalid_request");
+    assert_eq!(error["field"], "code", "{error}");
+
+    for name in ["Hello", "under_score", "-dash", &"x".repeat(64)] {
+        let mut body = valid_function();
+        body["name"] = json!(name);
+        let error =
+            json(addr, "POST", "/functions", &[], &body).await.error(400, "invalid_request");
+        assert_eq!(error["field"], "name", "{name}: {error}");
+    }
+
+    let mut body = valid_function();
+    body["memory_mb"] = json!(1);
+    body["timeout"] = json!(0);
+    body["environment"] = json!({"KUBEFAAS_SECRET": "x"});
+    let error = json(addr, "POST", "/functions", &[], &body).await.error(400, "invalid_request");
+    let fields: Vec<&str> =
+        error["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&"memory_mb") && fields.contains(&"timeout"), "{error}");
+    assert!(fields.iter().any(|f| f.starts_with("environment")), "{error}");
+
+    let mut body = valid_function();
+    body["metadata"] = json!(["not", "an", "object"]);
+    let error = json(addr, "POST", "/functions", &[], &body).await.error(400, "invalid_request");
+    assert_eq!(error["field"], "metadata");
+
+    let huge = vec![b'x'; 100 * 1024];
+    let big = request(
+        addr,
+        "POST",
+        "/functions/hello/invoke",
+        &[("Content-Type", "application/json")],
+        Some(&huge),
+    )
+    .await;
+    big.error(413, "payload_too_large");
+
+    json(addr, "GET", "/functions/nope", &[], &json!(null)).await.error(404, "not_found");
+    request(addr, "GET", &format!("/functions/{}", Uuid::new_v4()), &[], None)
+        .await
+        .error(404, "not_found");
+    request(addr, "POST", "/functions/nope/invoke", &[], Some(b"{}")).await.error(404, "not_found");
+    json(addr, "POST", "/invoke", &[], &json!({"function": "nope", "payload": {}}))
+        .await
+        .error(404, "not_found");
+    json(addr, "POST", "/invoke", &[], &json!({"payload": {}})).await.error(400, "invalid_request");
+    request(addr, "GET", "/invocations/not-a-uuid", &[], None).await.error(400, "invalid_request");
+    request(addr, "GET", &format!("/invocations/{}", Uuid::new_v4()), &[], None)
+        .await
+        .error(404, "not_found");
+    request(addr, "GET", "/invocations?status=done", &[], None).await.error(400, "invalid_request");
+    request(addr, "GET", "/functions?limit=0", &[], None).await.error(400, "invalid_request");
+    request(addr, "GET", "/functions?limit=abc", &[], None).await.error(400, "invalid_request");
+    request(addr, "GET", "/functions?namespace=Not_A_Label", &[], None)
+        .await
+        .error(400, "invalid_request");
+    request(addr, "GET", "/no/such/route", &[], None).await.error(404, "not_found");
+    request(addr, "DELETE", "/invoke", &[], None).await.error(405, "method_not_allowed");
+    let no_cors = request(addr, "GET", "/health", &[("Origin", "https://ui.example")], None).await;
+    assert_eq!(no_cors.header("access-control-allow-origin"), None, "CORS is off by default");
+
+    rig.assert_nothing_created().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_scoped_to_namespaces_and_rate_limited() {
+    let rig = Rig::start(|config| {
+        config.auth = AuthMode::Token;
+        config.rate_limit = Some(RateLimit { per_second: 0.5, burst: 4 });
+    })
+    .await;
+    let addr = rig.addr;
+    let team_a = rig.store.create_token("team-a", &["team-a".to_owned()], None).await.unwrap();
+    let bearer = format!("Bearer {}", team_a.secret);
+    let auth = [("Authorization", bearer.as_str())];
+
+    request(addr, "GET", "/functions", &[], None).await.error(401, "unauthorized");
+    let wrong = format!("Bearer {}x", &team_a.secret[..team_a.secret.len() - 1]);
+    request(addr, "GET", "/functions", &[("Authorization", &wrong)], None)
+        .await
+        .error(401, "unauthorized");
+    request(addr, "GET", "/functions", &[("Authorization", "Bearer kf_nonsense")], None)
+        .await
+        .error(401, "unauthorized");
+    // Health, metrics and the document stay open.
+    assert_eq!(request(addr, "GET", "/healthz", &[], None).await.status, 200);
+
+    // 1: the token's namespace by query parameter, 2: by header, 3: another namespace.
+    let ok = request(addr, "GET", "/functions?namespace=team-a", &auth, None).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.json());
+    assert_eq!(ok.json()["functions"], json!([]));
+    let by_header = [auth[0], ("X-Kubefaas-Namespace", "team-a")];
+    assert_eq!(request(addr, "GET", "/invocations", &by_header, None).await.status, 200);
+    let mut body = valid_function();
+    body["name"] = json!("sneaky");
+    json(addr, "POST", "/functions?namespace=team-b", &auth, &body).await.error(403, "forbidden");
+    // The default namespace is not the token's either.
+    let error = request(addr, "GET", "/functions", &auth, None).await;
+    error.error(403, "forbidden");
+
+    // Four requests were allowed at once; the fifth is refused until the bucket refills.
+    let limited = request(addr, "GET", "/functions?namespace=team-a", &auth, None).await;
+    limited.error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+
+    // Only a token for all namespaces creates tokens; the new one works in its namespace.
+    let admin = rig.store.create_token("admin", &["*".to_owned()], None).await.unwrap();
+    let admin_bearer = format!("Bearer {}", admin.secret);
+    let admin_auth = [("Authorization", admin_bearer.as_str())];
+    let wanted = json!({"name": "ci", "namespaces": ["team-c"]});
+    let other = rig.store.create_token("team-b", &["team-b".to_owned()], None).await.unwrap();
+    let other_bearer = format!("Bearer {}", other.secret);
+    json(addr, "POST", "/tokens", &[("Authorization", other_bearer.as_str())], &wanted)
+        .await
+        .error(403, "forbidden");
+    let bad = json!({"name": "ci", "namespaces": ["Team C"]});
+    let error =
+        json(addr, "POST", "/tokens", &admin_auth, &bad).await.error(400, "invalid_request");
+    assert_eq!(error["field"], "namespaces");
+    let created = json(addr, "POST", "/tokens", &admin_auth, &wanted).await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let secret = created.json()["token"].as_str().unwrap().to_owned();
+    let new_bearer = format!("Bearer {secret}");
+    let new_auth = [("Authorization", new_bearer.as_str())];
+    assert_eq!(
+        request(addr, "GET", "/functions?namespace=team-c", &new_auth, None).await.status,
+        200
+    );
+    request(addr, "GET", "/functions?namespace=team-a", &new_auth, None)
+        .await
+        .error(403, "forbidden");
+
+    rig.assert_nothing_created().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_served() {
+    let rig = Rig::start(|config| config.cors_origins = vec!["https://ui.example".into()]).await;
+    let addr = rig.addr;
+    let allowed = request(addr, "GET", "/health", &[("Origin", "https://ui.example")], None).await;
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://ui.example"));
+    let other = request(addr, "GET", "/health", &[("Origin", "https://evil.example")], None).await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    assert_eq!(request(addr, "GET", "/health", &[], None).await.json()["status"], "ok");
+    let ready = request(addr, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    assert_eq!(ready.json()["checks"]["kubernetes"], "ok");
+    let metrics = request(addr, "GET", "/metrics", &[], None).await;
+    assert!(String::from_utf8_lossy(&metrics.body).contains("kubefaas_gateway_http_requests"));
+
+    let doc = request(addr, "GET", "/openapi.json", &[], None).await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    for (path, methods) in [
+        ("/functions", &["get", "post"][..]),
+        ("/functions/{function}", &["get", "put", "delete"]),
+        ("/functions/{function}/invoke", &["post"]),
+        ("/invoke", &["post"]),
+        ("/invocations", &["get"]),
+        ("/invocations/{id}", &["get"]),
+        ("/invocations/{id}/logs", &["get"]),
+        ("/health", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/openapi.json", &["get"]),
+        ("/tokens", &["post"]),
+    ] {
+        for method in methods {
+            let operation = &doc["paths"][path][method];
+            assert!(operation.is_object(), "{method} {path} is not documented");
+            assert!(operation["responses"].is_object(), "{method} {path} has no responses");
+        }
+    }
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 13, "every route, no more");
+    let schemas = &doc["components"]["schemas"];
+    for schema in ["ErrorBody", "CreateFunction", "FunctionResponse", "InvocationResponse"] {
+        assert!(schemas[schema].is_object(), "{schema} is missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_invoke_still_running_at_the_deadline_answers_504_with_its_id_and_is_recorded() {
+    // No executor runs anything here, so the invocation never finishes.
+    let rig = Rig::start(|config| config.sync_timeout = Duration::from_secs(1)).await;
+    let function_id = rig.ready_function("idle").await;
+    let reply = request(
+        rig.addr,
+        "POST",
+        "/functions/idle/invoke",
+        &[("X-Trace", "abc"), ("Authorization", "Bearer kept-back")],
+        Some(b"{\"a\": 1}"),
+    )
+    .await;
+    let error = reply.error(504, "timeout");
+    let id = error["invocation_id"].as_str().unwrap().to_owned();
+    assert_eq!(reply.header("x-kubefaas-invocation-id"), Some(id.as_str()));
+
+    let row = request(rig.addr, "GET", &format!("/invocations/{id}"), &[], None).await.json();
+    assert_eq!(row["status"], "queued", "{row}");
+    assert_eq!(row["source"], "sync");
+    assert_eq!(row["function_id"], function_id.to_string());
+    assert_eq!(row["payload"], json!({"a": 1}));
+    assert_eq!(row["headers"]["x-trace"], "abc", "request headers reach the context");
+    assert!(row["headers"].get("authorization").is_none(), "credentials do not: {row}");
+    // The fast path made no Invocation object.
+    let invocations: Api<Invocation> = Api::all(rig.client.clone());
+    assert!(invocations.list(&ListParams::default()).await.unwrap().items.is_empty());
+}
