@@ -3,6 +3,7 @@
 //! - `kubefaas up` runs the whole platform on one machine (see [`up`]).
 //! - `kubefaas crds` prints the CustomResourceDefinitions.
 //! - `kubefaas fn …`, `invoke`, `logs` talk to the REST gateway (see [`client`]).
+//! - `kubefaas token create` makes an API token in the platform's database.
 //! - `kubefaas completions SHELL` prints shell completions.
 
 mod client;
@@ -94,6 +95,9 @@ enum Command {
     Function(client::FunctionCommand),
     /// Invoke a function (synchronously unless --async).
     Invoke(client::InvokeArgs),
+    /// Manage API tokens (talks to PostgreSQL directly).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the logs of an invocation.
     Logs {
         /// Invocation id.
@@ -103,6 +107,22 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it once (only its hash is stored).
+    Create {
+        /// A name to tell the token apart.
+        #[arg(long)]
+        name: String,
+        /// Namespace the token may act in (repeat for several; `*` for all).
+        #[arg(long = "namespace-scope", value_name = "NAMESPACE", required = true)]
+        namespaces: Vec<String>,
+        /// PostgreSQL URL of the platform.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
     },
 }
 
@@ -143,6 +163,24 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Function(command) => gateway()?.function(command).await,
         Command::Invoke(args) => gateway()?.invoke(args).await,
         Command::Logs { id } => gateway()?.logs(&id).await,
+        Command::Token(TokenCommand::Create { name, namespaces, database_url }) => {
+            let token = kubefaas_api_gateway::create_token(&database_url, &name, &namespaces)
+                .await
+                .map_err(|e| CliError::Usage(format!("creating the token: {e}")))?;
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"name": name, "namespaces": namespaces, "token": token.secret})
+                ),
+                Output::Text => {
+                    eprintln!(
+                        "token {name:?} for namespaces {namespaces:?} (shown once; only its hash is stored):"
+                    );
+                    println!("{}", token.secret);
+                }
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut command = Cli::command();
             let mut stdout = std::io::stdout();

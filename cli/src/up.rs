@@ -1,8 +1,8 @@
 //! `kubefaas up`: the whole platform on one machine, in one process.
 //!
 //! Starts the standalone control plane, installs the CRDs, then runs the operator, the executor
-//! and (when built in) the gateway against the given PostgreSQL and Redis, until Ctrl-C or
-//! SIGTERM, and stops them all cleanly.
+//! and the gateway against the given PostgreSQL and Redis, until Ctrl-C or SIGTERM, and stops
+//! them all cleanly.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -119,29 +119,45 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
         signal(stopped.clone()),
     ));
 
+    let mut gateway_config =
+        kubefaas_api_gateway::Config::new(args.database_url.clone(), args.redis_url.clone());
+    gateway_config.queue_prefix = args.queue_prefix.clone();
+    gateway_config.addr = args.gateway_addr;
+    gateway_config.auth = match args.auth {
+        Auth::None => kubefaas_api_gateway::AuthMode::None,
+        Auth::Token => kubefaas_api_gateway::AuthMode::Token,
+    };
+    let gateway = kubefaas_api_gateway::Gateway::bind(client.clone(), gateway_config)
+        .await
+        .map_err(|e| CliError::Start { component: "gateway", message: e.to_string() })?;
+    let gateway_addr = gateway.local_addr();
+    let gateway = tokio::spawn(gateway.serve(signal(stopped.clone())));
+
     if args.auth == Auth::None {
         eprintln!(
             "WARNING: authentication is OFF (--auth none): anyone who can reach the gateway can use it."
         );
     }
     println!("kubefaas is up");
+    println!("  gateway:        http://{gateway_addr}");
     println!(
         "  Kubernetes API: http://{}  (export KUBECONFIG={})",
         server.addr(),
         kubeconfig.display()
     );
-    println!("  gateway:        not built in yet (see README)");
     println!("  data:           {}", data_dir.display());
     println!("Press Ctrl-C to stop.");
 
-    let (mut operator, mut executor) = (operator, executor);
+    let (mut operator, mut executor, mut gateway) = (operator, executor, gateway);
     tokio::select! {
         () = kubefaas_core::service::shutdown_signal() => {}
         result = &mut operator => return Err(ended_early("operator", result)),
         result = &mut executor => return Err(ended_early("executor", result)),
+        result = &mut gateway => return Err(ended_early("gateway", result)),
     }
     let _ = stop.send(true);
     let finished = tokio::time::timeout(Duration::from_secs(20), async {
+        let _ = (&mut gateway).await;
         let _ = (&mut operator).await;
         let _ = (&mut executor).await;
     })
