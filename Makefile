@@ -4,14 +4,29 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+# The Python kubernetes client for the standalone API server's client tests (made by `make deps`).
+export KUBEFAAS_TEST_PYTHON ?= $(CURDIR)/.venv/tests/bin/python
 
 .PHONY: help
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## Install what the tests need (PostgreSQL, Redis, interpreters) if missing
+deps: ## Install what the tests need (PostgreSQL, Redis, interpreters, Python kubernetes client) if missing
 	@scripts/deps.sh
+	@scripts/python-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_PYTHON)) >/dev/null
+
+.PHONY: run
+run: ## Run the whole platform here (kubefaas up) with the example functions deployed
+	@scripts/deps.sh
+	$(CARGO) build -p kubefaas
+	scripts/run.sh
+
+.PHONY: bench
+bench: ## Measure the pipeline here: Function apply → Ready, Invocation apply → Succeeded
+	@scripts/deps.sh
+	$(CARGO) build --release -p kubefaas
+	scripts/bench-pipeline.sh
 
 .PHONY: build
 build: ## Build every crate
@@ -33,6 +48,11 @@ crds: ## Regenerate crds/ from the Rust resource types
 lint: ## Check formatting and clippy lints
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: apiserver
+apiserver: ## Run the standalone API server on 127.0.0.1:6443 (kubeconfig in .tmp/standalone.kubeconfig)
+	$(CARGO) run -q -p kubefaas-standalone --bin kubefaas-apiserver -- --listen 127.0.0.1:6443 \
+		--kubeconfig .tmp/standalone.kubeconfig --data-dir .tmp/standalone
 
 .PHONY: services
 services: ## Start throwaway PostgreSQL/Redis and open a shell with DATABASE_URL/REDIS_URL set

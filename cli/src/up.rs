@@ -63,6 +63,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
     })?;
     let data_dir = args.data_dir.canonicalize().unwrap_or_else(|_| args.data_dir.clone());
     let kubeconfig = args.kubeconfig.clone().unwrap_or_else(|| data_dir.join("kubeconfig"));
+    let kubeconfig = std::path::absolute(&kubeconfig).unwrap_or(kubeconfig);
 
     let server = kubefaas_standalone::ApiServer::start(kubefaas_standalone::Config {
         listen: args.api_addr,

@@ -55,6 +55,9 @@ impl DriverConfig {
 pub struct FunctionSpec {
     /// Function name (the context's `function_name`).
     pub name: String,
+    /// Namespace of the function, when it has one: functions of the same name in different
+    /// namespaces are different functions to the [`Pool`](crate::Pool).
+    pub namespace: Option<String>,
     /// Function version (the context's `function_version`).
     pub version: String,
     /// Language of the runtime.
@@ -72,6 +75,14 @@ pub struct FunctionSpec {
 }
 
 impl FunctionSpec {
+    /// What the pool knows the function by: `namespace/name`, or the name alone.
+    pub fn pool_key(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{namespace}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// A spec with the checksum computed from `code`, no environment and default limits.
     pub fn new(
         name: impl Into<String>,
@@ -82,6 +93,7 @@ impl FunctionSpec {
         let checksum = code.checksum()?;
         Ok(Self {
             name: name.into(),
+            namespace: None,
             version: "1.0.0".into(),
             language,
             handler: handler.into(),
@@ -101,6 +113,15 @@ pub struct Driver {
     pub(crate) interpreters: Interpreters,
     pub(crate) bootstraps: HashMap<Language, PathBuf>,
     pub(crate) go: GoBuilder,
+    /// Where instances' control sockets live: a short private directory, because a unix socket
+    /// path must stay under about 100 bytes and work directories can be deep.
+    pub(crate) socket_dir: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
 }
 
 impl Driver {
@@ -112,7 +133,17 @@ impl Driver {
         }
         let bootstraps = write_bootstraps(&config.cache_dir.join("bootstrap"))?;
         let go = GoBuilder::new(config.cache_dir.join("go"), config.build_timeout);
+        let socket_dir =
+            std::env::temp_dir().join(format!("kubefaas-{}", crate::instance::unique_id()));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&socket_dir)
+                .map_err(|source| Error::PrepareFiles { path: socket_dir.clone(), source })?;
+        }
         Ok(Arc::new(Self {
+            socket_dir,
             sandbox: Sandbox::detect(config.sandbox),
             interpreters: Interpreters::default(),
             bootstraps,

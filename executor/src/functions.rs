@@ -135,6 +135,7 @@ pub fn resolved_function(
     let mut driver_spec =
         FunctionSpec::new(function.name_any(), runtime.language, spec.handler.clone(), code)
             .map_err(|e| e.to_string())?;
+    driver_spec.namespace = function.metadata.namespace.clone();
     driver_spec.version = spec.version.clone();
     driver_spec.env = spec.env.clone();
     driver_spec.limits = Limits {

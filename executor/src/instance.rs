@@ -261,7 +261,7 @@ impl Instance {
         };
         let cgroup = driver.sandbox.create_cgroup(&id, spec.limits)?;
         let argv = driver.sandbox.wrap(cgroup.as_ref(), spec.limits, command);
-        let socket_path = dir.join("control.sock");
+        let socket_path = driver.socket_dir.join(format!("{id}.sock"));
         let listener = UnixListener::bind(&socket_path).map_err(Error::Control)?;
         let (log_reader, log_writer) = std::io::pipe().map_err(Error::SpawnInstance)?;
         let log_writer2 = log_writer.try_clone().map_err(Error::SpawnInstance)?;

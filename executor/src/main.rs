@@ -54,6 +54,10 @@ struct Flags {
     /// Lease length in seconds (renewed while an invocation runs).
     #[arg(long, env = "KUBEFAAS_LEASE_SECONDS", default_value_t = 30)]
     lease_seconds: u64,
+    /// Seconds a `queued` invocation may wait past its due time before the sweeper puts it on
+    /// the queue again (covers a Redis that lost its data).
+    #[arg(long, env = "KUBEFAAS_STUCK_AFTER_SECONDS", default_value_t = 60)]
+    stuck_after_seconds: u64,
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "KUBEFAAS_EXECUTOR_HTTP_ADDR", default_value = "0.0.0.0:8081")]
     http_addr: SocketAddr,
@@ -81,6 +85,7 @@ async fn main() -> ExitCode {
     let mut worker = WorkerConfig::new(name);
     worker.max_in_flight = flags.max_in_flight.max(1);
     worker.lease = Duration::from_secs(flags.lease_seconds.max(1));
+    worker.stuck_after = Duration::from_secs(flags.stuck_after_seconds.max(1));
     let config = ExecutorConfig {
         database_url: flags.database_url,
         redis_url: flags.redis_url,

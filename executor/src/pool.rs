@@ -84,11 +84,13 @@ impl Pool {
         self.functions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The pool of `spec.name`, replaced (and its instances stopped) when the spec changed.
+    /// The pool of the function (by [`FunctionSpec::pool_key`]), replaced (and its instances
+    /// stopped) when the spec changed.
     fn function(&self, spec: Arc<FunctionSpec>, scaling: Scaling) -> Arc<FunctionPool> {
         let key = instance_key(&spec);
         let mut functions = self.functions();
-        if let Some(existing) = functions.get(&spec.name)
+        let pool_key = spec.pool_key();
+        if let Some(existing) = functions.get(&pool_key)
             && existing.key == key
             && existing.scaling == scaling
         {
@@ -103,7 +105,7 @@ impl Pool {
         });
         // Idle instances of an outdated spec stop when the old pool is dropped; busy ones are
         // dropped when their invocation ends, since they go back to the old pool.
-        functions.insert(spec.name.clone(), Arc::clone(&pool));
+        functions.insert(pool_key, Arc::clone(&pool));
         pool
     }
 
@@ -190,6 +192,7 @@ impl Pool {
     }
 
     /// Idle instances of a function.
+    /// (`function` is the [`FunctionSpec::pool_key`].)
     pub fn idle_instances(&self, function: &str) -> usize {
         self.functions().get(function).map_or(0, |p| p.idle().len())
     }

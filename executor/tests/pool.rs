@@ -87,3 +87,25 @@ async fn changed_code_gets_new_instances() {
     assert!(second.metrics.cold_start);
     assert_eq!(pool.instances("pool-update"), 1);
 }
+
+#[tokio::test]
+async fn functions_of_the_same_name_in_two_namespaces_keep_their_own_warm_instances() {
+    let pool = Pool::new(driver());
+    let mut first = python("twin", SLEEPER);
+    first.namespace = Some("team-a".into());
+    let mut second = python("twin", "def handler(event, context):\n    return 'b'\n");
+    second.namespace = Some("team-b".into());
+    let (first, second) = (Arc::new(first), Arc::new(second));
+    for _ in 0..2 {
+        let a =
+            pool.invoke(Arc::clone(&first), Scaling::default(), &request(json!({}))).await.unwrap();
+        let b = pool
+            .invoke(Arc::clone(&second), Scaling::default(), &request(json!({})))
+            .await
+            .unwrap();
+        assert_eq!(b.outcome.unwrap(), json!("b"));
+        assert!(a.outcome.is_ok());
+    }
+    assert_eq!(pool.instances("team-a/twin"), 1, "no instance was thrown away");
+    assert_eq!(pool.instances("team-b/twin"), 1);
+}

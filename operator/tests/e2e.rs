@@ -53,6 +53,7 @@ struct Platform {
     operator: Option<Child>,
     executors: Vec<Child>,
     database_url: String,
+    redis_url: String,
     prefix: String,
     /// With the node agent and the executor's kubernetes backend: where pods live (short, for
     /// the unix socket paths below it).
@@ -61,11 +62,15 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(env("REDIS_URL"), false).await
+    }
+
+    async fn start_with_redis(redis_url: String) -> Self {
+        Self::start_with(redis_url, false).await
     }
 
     /// `kubernetes`: the apiserver runs its node agent and the executor runs invocations in pods.
-    async fn start_with(kubernetes: bool) -> Self {
+    async fn start_with(redis_url: String, kubernetes: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let schema = format!("e2e_{}", Uuid::new_v4().simple());
@@ -88,6 +93,7 @@ impl Platform {
             operator: None,
             executors: Vec::new(),
             database_url,
+            redis_url,
             prefix: format!("e2e-{}", Uuid::new_v4().simple()),
             node_dir: kubernetes.then(|| {
                 std::env::temp_dir()
@@ -96,13 +102,15 @@ impl Platform {
         };
         platform.apiserver = Some(platform.start_apiserver().await);
         platform.kubectl_ok(&["apply", "-f", repo().join("crds").to_str().unwrap()]).await;
-        platform.operator = Some(platform.spawn(
-            "operator",
-            binary("kubefaas-operator"),
-            &["--http-addr", "127.0.0.1:0"],
-        ));
+        platform.start_operator();
         platform.start_executor().await;
         platform
+    }
+
+    fn start_operator(&mut self) {
+        let log = format!("operator-{}", Uuid::new_v4().simple());
+        self.operator =
+            Some(self.spawn(&log, binary("kubefaas-operator"), &["--http-addr", "127.0.0.1:0"]));
     }
 
     async fn start_apiserver(&self) -> Child {
@@ -135,9 +143,8 @@ impl Platform {
     }
 
     async fn start_executor(&mut self) {
-        let n = self.executors.len();
-        let work = self.dir.join(format!("executor-{n}"));
-        let name = format!("executor-{n}");
+        let name = format!("executor-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let work = self.dir.join(&name);
         let child = self.spawn(
             &name,
             binary("kubefaas-executor"),
@@ -167,7 +174,7 @@ impl Platform {
         Command::new(program)
             .args(args)
             .env("DATABASE_URL", &self.database_url)
-            .env("REDIS_URL", env("REDIS_URL"))
+            .env("REDIS_URL", &self.redis_url)
             .env("KUBEFAAS_QUEUE_PREFIX", &self.prefix)
             .env("KUBECONFIG", self.kubeconfig())
             .env("KUBEFAAS_FUNCTION_WAIT_SECONDS", "10")
@@ -238,6 +245,15 @@ impl Platform {
             "apiVersion: kubefaas.io/v1alpha1\nkind: Invocation\nmetadata:\n  name: {name}\nspec:\n  functionRef:\n    name: {function}\n  payload: {payload}\n"
         ))
         .await;
+    }
+
+    /// A store on this platform's schema, to look at what PostgreSQL recorded.
+    async fn store(&self) -> kubefaas_core::store::Store {
+        kubefaas_core::store::Store::connect(&kubefaas_core::store::StoreConfig::new(
+            &self.database_url,
+        ))
+        .await
+        .unwrap()
     }
 
     /// The components' logs, for failure messages.
@@ -400,6 +416,23 @@ async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
     let edited = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
     assert_eq!(edited["status"]["result"]["message"], "Bonjour, kubefaas!");
 
+    // A finished invocation disappears after its TTL; PostgreSQL keeps the record.
+    platform
+        .apply("apiVersion: kubefaas.io/v1alpha1\nkind: Invocation\nmetadata:\n  name: short-lived\nspec:\n  functionRef:\n    name: hello\n  payload: {name: ttl}\n  ttlSecondsAfterFinished: 1\n")
+        .await;
+    let short = platform.wait_phase("invocation/short-lived", "Succeeded").await;
+    let uid = short["metadata"]["uid"].as_str().unwrap().to_owned();
+    platform.kubectl_ok(&["wait", "--for=delete", "invocation/short-lived", "--timeout=60s"]).await;
+    let kept = platform
+        .store()
+        .await
+        .invocation(uid.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("the row outlives the object");
+    assert_eq!(kept.status, kubefaas_core::store::Status::Succeeded);
+    assert_eq!(kept.resource_name.as_deref(), Some("short-lived"));
+
     // Deleting the function: later invocations fail with FunctionNotFound.
     platform.kubectl_ok(&["delete", "function", "hello", "--wait=true", "--timeout=60s"]).await;
     let code = platform.kubectl(&["get", "configmap", "hello-code"]).await;
@@ -423,7 +456,24 @@ async fn an_invocation_survives_the_death_of_its_executor_and_runs_once() {
         .await;
     platform.wait_phase("function/slow", "Ready").await;
     platform.invoke("slow-once", "slow", "{sleep: 4}").await;
-    platform.wait_phase("invocation/slow-once", "Running").await;
+    // Running: seen in PostgreSQL, which the executor writes before it starts the function.
+    let store = platform.store().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let rows = store
+            .list_invocations(&kubefaas_core::store::InvocationQuery::default())
+            .await
+            .unwrap();
+        if rows.iter().any(|row| row.status == kubefaas_core::store::Status::Running) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the invocation never started\n{}",
+            platform.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The only executor dies mid-invocation; a new one takes over after the lease expires.
     let mut dead = platform.executors.remove(0);
@@ -436,7 +486,7 @@ async fn an_invocation_survives_the_death_of_its_executor_and_runs_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the_node_agent() {
-    let platform = Platform::start_with(true).await;
+    let platform = Platform::start_with(env("REDIS_URL"), true).await;
     let examples = repo().join("examples");
     platform.kubectl_ok(&["apply", "-f", examples.join("function.yaml").to_str().unwrap()]).await;
     let ready = platform.wait_phase("function/hello", "Ready").await;
@@ -567,4 +617,187 @@ async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the
     })
     .await
     .unwrap_or_else(|_| panic!("the deleted function's pods stay\n{}", platform.logs()));
+}
+
+/// A Redis server of this test's own, so it can be wiped and restarted without disturbing others.
+struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start(dir: PathBuf) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Self { port, dir, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server empty: no persistence, so a restart wipes every key.
+    async fn restart(&mut self) {
+        if let Some(mut old) = self.child.take() {
+            old.kill().await.unwrap();
+        }
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (make deps installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// How many invocations of this platform have finished, by status.
+async fn finished(store: &kubefaas_core::store::Store) -> (usize, usize) {
+    let rows = store
+        .list_invocations(&kubefaas_core::store::InvocationQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = rows.iter().filter(|row| row.status.is_terminal()).count();
+    let succeeded =
+        rows.iter().filter(|row| row.status == kubefaas_core::store::Status::Succeeded).count();
+    (done, succeeded)
+}
+
+async fn wait_finished(
+    platform: &Platform,
+    store: &kubefaas_core::store::Store,
+    at_least: usize,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (done, _) = finished(store).await;
+        if done >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} of {at_least} finished\n{}",
+            platform.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
+    const COUNT: usize = 200;
+    let scratch = std::env::temp_dir().join(format!("kubefaas-faults-{}", Uuid::new_v4().simple()));
+    let mut redis = PrivateRedis::start(scratch.join("redis")).await;
+    let mut platform = Platform::start_with_redis(redis.url()).await;
+    let executions = platform.dir.join("executions");
+    platform
+        .apply(&function(
+            "counter",
+            "python",
+            "main.handler",
+            "import os, time\ndef handler(event, context):\n    with open(os.environ['EXECUTIONS'], 'a') as f:\n        f.write(context.aws_request_id + '\\n')\n    time.sleep(0.2)\n    return {'num': event['num']}",
+            &format!("  env:\n    EXECUTIONS: {}\n  maxConcurrency: 8\n  scaling:\n    maxInstances: 8\n", executions.display()),
+        ))
+        .await;
+    platform.wait_phase("function/counter", "Ready").await;
+
+    let manifests: String = (0..COUNT)
+        .map(|n| format!("---\napiVersion: kubefaas.io/v1alpha1\nkind: Invocation\nmetadata:\n  name: count-{n}\nspec:\n  functionRef:\n    name: counter\n  payload: {{num: {n}}}\n"))
+        .collect();
+    platform.apply(&manifests).await;
+    let store = platform.store().await;
+
+    // SIGKILL the executor with invocations in flight; a new one takes over.
+    wait_finished(&platform, &store, 20, PATIENCE).await;
+    let mut executor = platform.executors.remove(0);
+    executor.kill().await.unwrap();
+    platform.start_executor().await;
+
+    // Kill and restart the operator mid-stream.
+    wait_finished(&platform, &store, 80, PATIENCE).await;
+    platform.operator.take().unwrap().kill().await.unwrap();
+    platform.start_operator();
+
+    // Restart Redis with its data wiped mid-stream: the sweeper re-enqueues what was lost.
+    wait_finished(&platform, &store, 130, PATIENCE).await;
+    redis.restart().await;
+
+    wait_finished(&platform, &store, COUNT, Duration::from_secs(240)).await;
+    let (done, succeeded) = finished(&store).await;
+    if succeeded != COUNT {
+        let query = kubefaas_core::store::InvocationQuery {
+            limit: Some(5),
+            status: Some(kubefaas_core::store::Status::Failed),
+            ..Default::default()
+        };
+        let rows = store.list_invocations(&query).await.unwrap();
+        let errors: Vec<_> = rows.iter().map(|row| (&row.error, &row.logs)).collect();
+        panic!("{succeeded} of {done} succeeded; failures: {errors:?}\n{}", platform.logs());
+    }
+
+    // Every Invocation object shows its outcome.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let listed: Value =
+            serde_json::from_str(&platform.kubectl_ok(&["get", "invocations", "-o", "json"]).await)
+                .unwrap();
+        let items = listed["items"].as_array().unwrap();
+        let mirrored = items.iter().filter(|i| i["status"]["phase"] == "Succeeded").count();
+        if mirrored == COUNT {
+            for item in items {
+                let n = item["spec"]["payload"]["num"].clone();
+                assert_eq!(
+                    item["status"]["result"]["num"], n,
+                    "each result belongs to its invocation"
+                );
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {mirrored} Invocations show Succeeded\n{}",
+            platform.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Executions: at least one per invocation; more only for attempts cut short by a failure.
+    let log = std::fs::read_to_string(&executions).unwrap();
+    let runs: Vec<&str> = log.lines().collect();
+    let distinct: std::collections::BTreeSet<&str> = runs.iter().copied().collect();
+    assert_eq!(distinct.len(), COUNT, "every invocation ran");
+    eprintln!(
+        "{COUNT} invocations, {} executions ({} repeated after failures)",
+        runs.len(),
+        runs.len() - COUNT
+    );
+    assert!(
+        runs.len() - COUNT <= 32,
+        "repeats are bounded by what was in flight at each failure: {}",
+        runs.len() - COUNT
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -23,6 +23,9 @@ pub(crate) struct Cluster {
     pub(crate) store: Store,
     /// Served types (rebuilt when a CRD changes).
     pub(crate) registry: Registry,
+    /// Uids of removed objects whose dependents garbage collection has yet to look at. A
+    /// worklist rather than recursion, so long ownership chains cannot exhaust the stack.
+    pub(crate) orphaned: Vec<String>,
 }
 
 /// Options common to writes.
@@ -69,9 +72,9 @@ pub(crate) fn now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
+pub(crate) fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
     Key {
-        group: rt.group.clone(),
+        group: rt.storage_group.clone(),
         resource: rt.plural.clone(),
         namespace: if rt.namespaced {
             namespace.unwrap_or_default().to_owned()
@@ -82,8 +85,9 @@ fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
     }
 }
 
-/// `obj` as `rt`'s version serves it.
-pub(crate) fn present(rt: &ResourceType, mut obj: Value) -> Value {
+/// `obj` (stored, or sent by a client) as `rt`'s version serves it.
+pub(crate) fn present(rt: &ResourceType, obj: Value) -> Value {
+    let mut obj = rt.served_form(obj);
     if let Some(map) = obj.as_object_mut() {
         map.insert("apiVersion".into(), Value::String(rt.api_version()));
         map.insert("kind".into(), Value::String(rt.kind.clone()));
@@ -91,13 +95,13 @@ pub(crate) fn present(rt: &ResourceType, mut obj: Value) -> Value {
     obj
 }
 
-fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+pub(crate) fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj["metadata"][field].as_str().filter(|s| !s.is_empty())
 }
 
 /// Sets `path` in `obj`, turning anything in the way that is not an object into one. Stored
 /// objects come from clients, so no part of them is assumed to have the expected shape.
-fn set_path(obj: &mut Value, path: &[&str], value: Value) {
+pub(crate) fn set_path(obj: &mut Value, path: &[&str], value: Value) {
     let Some((last, parents)) = path.split_last() else { return };
     let mut node = obj;
     for seg in parents {
@@ -115,7 +119,7 @@ fn set_path(obj: &mut Value, path: &[&str], value: Value) {
     }
 }
 
-fn finalizers(obj: &Value) -> Vec<String> {
+pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
     obj["metadata"]["finalizers"]
         .as_array()
         .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
@@ -131,6 +135,10 @@ fn spec_part(obj: &Value) -> Value {
         }
     }
     out
+}
+
+fn tracks_generation(rt: &ResourceType) -> bool {
+    rt.custom || rt.plural == "customresourcedefinitions"
 }
 
 fn valid_name(name: &str) -> bool {
@@ -169,7 +177,7 @@ fn random_suffix() -> String {
 }
 
 impl Cluster {
-    fn rebuild_registry(&mut self) {
+    pub(crate) fn rebuild_registry(&mut self) {
         let crds: Vec<Value> = self
             .store
             .list("apiextensions.k8s.io", "customresourcedefinitions", None)
@@ -180,7 +188,7 @@ impl Cluster {
 
     /// Stores a created or changed object; a CRD change also changes what is served.
     fn store_put(&mut self, rt: &ResourceType, k: Key, obj: Value) -> Value {
-        let stored = self.store.put(k, obj);
+        let stored = self.store.put(k, rt.to_storage(obj));
         if rt.plural == "customresourcedefinitions" {
             self.rebuild_registry();
         }
@@ -214,11 +222,12 @@ impl Cluster {
         let mut items = Vec::new();
         let mut next = None;
         let ns = if rt.namespaced { namespace } else { None };
-        for (k, obj) in self.store.list(&rt.group, &rt.plural, ns) {
+        for (k, obj) in self.store.list(&rt.storage_group, &rt.plural, ns) {
             if after.as_ref().is_some_and(|(ans, aname)| (&k.namespace, &k.name) <= (ans, aname)) {
                 continue;
             }
-            if !opts.labels.matches_object(obj) || !opts.fields.matches(obj) {
+            let obj = present(rt, obj.clone());
+            if !opts.labels.matches_object(&obj) || !opts.fields.matches(&obj) {
                 continue;
             }
             if opts.limit > 0 && items.len() == opts.limit {
@@ -230,7 +239,7 @@ impl Cluster {
                 });
                 break;
             }
-            items.push(present(rt, obj.clone()));
+            items.push(obj);
         }
         Ok((items, self.store.rv().to_string(), next))
     }
@@ -336,7 +345,12 @@ impl Cluster {
         let now = now();
         meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), Value::String(now.clone()));
-        meta.insert("generation".into(), json!(1));
+        // Like a real server, only custom resources and CRDs track `generation`.
+        if tracks_generation(rt) {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
         for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
         {
             meta.remove(k);
@@ -396,15 +410,7 @@ impl Cluster {
             .get(&k)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group_resource(), name))?;
-        if let Some(rv) = meta_str(&obj, "resourceVersion")
-            && Some(rv) != meta_str(&old, "resourceVersion")
-        {
-            return Err(ApiError::conflict(
-                &rt.group_resource(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_preconditions(rt, name, &obj, &old)?;
         let scope = if status {
             Scope::Status
         } else {
@@ -456,15 +462,7 @@ impl Cluster {
         if meta_str(&new, "name") != Some(name) {
             return Err(ApiError::bad_request("metadata.name may not be changed by a patch"));
         }
-        if let Some(rv) = meta_str(&new, "resourceVersion")
-            && Some(rv) != meta_str(&old, "resourceVersion")
-        {
-            return Err(ApiError::conflict(
-                &rt.group_resource(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_preconditions(rt, name, &new, &old)?;
         Ok((200, self.commit(rt, k, old, new, scope, opts, false)?))
     }
 
@@ -498,8 +496,12 @@ impl Cluster {
             )));
         }
         let now = now();
+        if let Some(old) = &old {
+            check_preconditions(rt, name, &config, old)?;
+        }
+        let live = old.as_ref().map(|o| present(rt, o.clone()));
         let merged =
-            apply::apply(old.as_ref(), &config, &opts.field_manager, opts.force, scope, &now)
+            apply::apply(live.as_ref(), &config, &opts.field_manager, opts.force, scope, &now)
                 .map_err(|conflicts| {
                     let fields: Vec<String> = conflicts
                         .iter()
@@ -537,6 +539,8 @@ impl Cluster {
         opts: &WriteOptions,
         applied: bool,
     ) -> ApiResult<Value> {
+        // Everything below compares and writes in `rt`'s form; `store_put` converts back.
+        let old = present(rt, old);
         let mut new = match scope {
             Scope::Status => {
                 let mut out = old.clone();
@@ -612,13 +616,12 @@ impl Cluster {
             check_crd(&mut new)?;
         }
         custom::admit(rt, &mut new, opts.field_validation)?;
-        if spec_part(&new) != spec_part(&old) {
+        if tracks_generation(rt) && spec_part(&new) != spec_part(&old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             set_path(&mut new, &["metadata", "generation"], json!(generation));
         }
         if !applied {
-            let old_presented = present(rt, old.clone());
-            apply::track_update(Some(&old_presented), &mut new, &opts.field_manager, scope, &now());
+            apply::track_update(Some(&old), &mut new, &opts.field_manager, scope, &now());
         }
         let unchanged = {
             let strip = |v: &Value| {
@@ -628,16 +631,16 @@ impl Cluster {
                 }
                 v
             };
-            strip(&new) == strip(&present(rt, old.clone()))
+            strip(&new) == strip(&old)
         };
         if unchanged {
-            return Ok(present(rt, old));
+            return Ok(old);
         }
         if opts.dry_run {
             return Ok(new);
         }
         if new["metadata"]["deletionTimestamp"].is_string() && finalizers(&new).is_empty() {
-            self.store.put(k.clone(), new);
+            self.store.put(k.clone(), rt.to_storage(new));
             let gone = self.remove_now(&k);
             return Ok(present(rt, gone.unwrap_or(Value::Null)));
         }
@@ -690,8 +693,9 @@ impl Cluster {
         match opts.propagation.as_deref() {
             Some("Orphan") => self.orphan_dependents(&uid),
             Some("Foreground") => {
-                for dependent in self.dependents_of(&uid) {
-                    self.delete_key(&dependent, Some("Foreground"));
+                // Deepest dependents first; the visited set makes ownership cycles harmless.
+                for dependent in self.transitive_dependents(&uid).into_iter().rev() {
+                    self.delete_key(&dependent, None);
                 }
             }
             _ => {}
@@ -745,129 +749,32 @@ impl Cluster {
         }
         Ok(out)
     }
+}
 
-    fn delete_key(&mut self, k: &Key, propagation: Option<&str>) {
-        let Some(rt) = self.registry.find_any_version(&k.group, &k.resource) else {
-            self.remove_now(k);
-            return;
-        };
-        let ns = (!k.namespace.is_empty()).then_some(k.namespace.as_str());
-        let opts =
-            DeleteOptions { propagation: propagation.map(str::to_owned), ..Default::default() };
-        if let Err(error) = self.delete(&rt, ns, &k.name, &opts)
-            && error.code != 404
-        {
-            tracing::warn!(?k, %error, "garbage collection could not delete a dependent");
-        }
+/// A `resourceVersion` or `uid` a client sends must match the stored object's.
+fn check_preconditions(rt: &ResourceType, name: &str, sent: &Value, old: &Value) -> ApiResult<()> {
+    if let Some(rv) = meta_str(sent, "resourceVersion")
+        && Some(rv) != meta_str(old, "resourceVersion")
+    {
+        return Err(ApiError::conflict(
+            &rt.group_resource(),
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
     }
-
-    /// Removes an object for good and lets garbage collection and namespace cleanup follow.
-    fn remove_now(&mut self, k: &Key) -> Option<Value> {
-        let gone = self.store.remove(k)?;
-        if let Some(uid) = meta_str(&gone, "uid") {
-            self.collect_garbage(uid);
-        }
-        if !k.namespace.is_empty() {
-            self.finish_namespace(&k.namespace.clone());
-        }
-        if k.group == "apiextensions.k8s.io" && k.resource == "customresourcedefinitions" {
-            self.remove_custom_objects(&gone);
-            self.rebuild_registry();
-        }
-        Some(gone)
+    if let Some(uid) = meta_str(sent, "uid")
+        && Some(uid) != meta_str(old, "uid")
+    {
+        return Err(ApiError::conflict(
+            &rt.group_resource(),
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(old, "uid").unwrap_or_default()
+            ),
+        ));
     }
-
-    fn dependents_of(&self, uid: &str) -> Vec<Key> {
-        self.store
-            .iter()
-            .filter(|(_, obj)| {
-                obj["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-
-    fn live_uids(&self) -> BTreeSet<String> {
-        self.store.iter().filter_map(|(_, o)| meta_str(o, "uid").map(str::to_owned)).collect()
-    }
-
-    /// Deletes dependents whose owners are all gone; drops the dangling reference from those
-    /// that still have a live owner.
-    fn collect_garbage(&mut self, uid: &str) {
-        let dependents = self.dependents_of(uid);
-        if dependents.is_empty() {
-            return;
-        }
-        let live = self.live_uids();
-        for k in dependents {
-            let Some(obj) = self.store.get(&k).cloned() else { continue };
-            let refs = obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
-            let remaining: Vec<Value> = refs
-                .into_iter()
-                .filter(|r| r["uid"].as_str().is_some_and(|u| live.contains(u)))
-                .collect();
-            if remaining.is_empty() {
-                self.delete_key(&k, None);
-            } else {
-                let mut updated = obj;
-                set_path(&mut updated, &["metadata", "ownerReferences"], Value::Array(remaining));
-                self.store.put(k, updated);
-            }
-        }
-    }
-
-    fn orphan_dependents(&mut self, uid: &str) {
-        for k in self.dependents_of(uid) {
-            let Some(mut obj) = self.store.get(&k).cloned() else { continue };
-            if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
-                refs.retain(|r| r["uid"].as_str() != Some(uid));
-                if refs.is_empty()
-                    && let Some(m) = obj["metadata"].as_object_mut()
-                {
-                    m.remove("ownerReferences");
-                }
-            }
-            self.store.put(k, obj);
-        }
-    }
-
-    fn empty_namespace(&mut self, ns: &str) {
-        let inside: Vec<Key> =
-            self.store.iter().filter(|(k, _)| k.namespace == ns).map(|(k, _)| k.clone()).collect();
-        for k in inside {
-            self.delete_key(&k, None);
-        }
-        self.finish_namespace(ns);
-    }
-
-    /// Removes a terminating namespace once nothing is left in it.
-    fn finish_namespace(&mut self, ns: &str) {
-        let k = Key {
-            group: String::new(),
-            resource: "namespaces".into(),
-            namespace: String::new(),
-            name: ns.to_owned(),
-        };
-        let Some(obj) = self.store.get(&k) else { return };
-        if obj["metadata"]["deletionTimestamp"].is_null() || !finalizers(obj).is_empty() {
-            return;
-        }
-        if self.store.iter().any(|(other, _)| other.namespace == ns) {
-            return;
-        }
-        self.store.remove(&k);
-    }
-
-    fn remove_custom_objects(&mut self, crd: &Value) {
-        let group = crd["spec"]["group"].as_str().unwrap_or_default();
-        let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or_default();
-        let keys: Vec<Key> = self.store.list(group, plural, None).map(|(k, _)| k.clone()).collect();
-        for k in keys {
-            self.store.remove(&k);
-        }
-    }
+    Ok(())
 }
 
 fn check_body(rt: &ResourceType, obj: &Value) -> ApiResult<()> {

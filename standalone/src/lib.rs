@@ -14,6 +14,7 @@ mod apply;
 mod custom;
 mod discovery;
 mod error;
+mod gc;
 pub mod kubeconfig;
 pub mod node;
 mod openapi;
@@ -92,7 +93,7 @@ impl ApiServer {
             .collect();
         let registry = registry::Registry::new(crds.iter());
         let state = Arc::new(server::AppState {
-            cluster: Mutex::new(api::Cluster { store, registry }),
+            cluster: Mutex::new(api::Cluster { store, registry, orphaned: Vec::new() }),
             address: addr.to_string(),
             bookmark_interval: config.bookmark_interval,
             stopping: tokio::sync::watch::Sender::new(false),

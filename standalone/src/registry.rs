@@ -28,6 +28,9 @@ pub(crate) struct PrinterColumn {
 pub(crate) struct ResourceType {
     /// API group, empty for the core group.
     pub(crate) group: String,
+    /// The group objects are stored under: `group`, except for types that are another view of
+    /// a core type (`events.k8s.io` events are core events).
+    pub(crate) storage_group: String,
     /// API version.
     pub(crate) version: String,
     /// Plural resource name, the path segment.
@@ -73,11 +76,52 @@ impl ResourceType {
         }
     }
 
+    /// `obj` (in this type's form) as it is stored.
+    pub(crate) fn to_storage(&self, obj: Value) -> Value {
+        self.convert(obj, true)
+    }
+
+    /// A stored object in this type's form (without setting `apiVersion`/`kind`).
+    pub(crate) fn served_form(&self, obj: Value) -> Value {
+        self.convert(obj, false)
+    }
+
+    fn convert(&self, mut obj: Value, to_storage: bool) -> Value {
+        if self.group == EVENTS_GROUP
+            && let Some(map) = obj.as_object_mut()
+        {
+            for (ours, core) in EVENT_FIELDS {
+                let (from, to) = if to_storage { (ours, core) } else { (core, ours) };
+                if let Some(v) = map.remove(*from) {
+                    map.insert((*to).to_owned(), v);
+                }
+            }
+            if to_storage {
+                map.insert("apiVersion".into(), Value::String("v1".into()));
+            }
+        }
+        obj
+    }
+
     /// The verbs the type supports, for discovery.
     pub(crate) fn verbs(&self) -> Vec<&'static str> {
         vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 }
+
+const EVENTS_GROUP: &str = "events.k8s.io";
+
+/// Fields of an `events.k8s.io/v1` Event and their core/v1 names; both are views of one
+/// stored object, as on a real API server.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
 
 /// A built-in column: header, type, JSONPath (or `#name` for a computed cell), priority.
 type Column = (&'static str, &'static str, &'static str, i64);
@@ -109,8 +153,9 @@ const BUILTINS: &[Builtin] = &[
         ("Ports", "string", "#ports", 0),
     ]),
     ("", "v1", "events", "Event", true, &["ev"], false, &[
-        ("Type", "string", ".type", 0), ("Reason", "string", ".reason", 0),
-        ("Object", "string", "#involved", 0), ("Message", "string", ".message", 0),
+        ("Last Seen", "date", "#lastseen", 0), ("Type", "string", ".type", 0),
+        ("Reason", "string", ".reason", 0), ("Object", "string", "#involved", 0),
+        ("Message", "string", ".message", 0), ("Name", "string", ".metadata.name", 1),
     ]),
     ("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, &[]),
     ("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, &[
@@ -128,6 +173,7 @@ pub(crate) fn builtins() -> Vec<ResourceType> {
         .map(|&(group, version, plural, kind, namespaced, short_names, status, columns)| {
             ResourceType {
                 group: group.to_owned(),
+                storage_group: if group == EVENTS_GROUP { String::new() } else { group.to_owned() },
                 version: version.to_owned(),
                 plural: plural.to_owned(),
                 singular: kind.to_lowercase(),
@@ -197,6 +243,7 @@ pub(crate) fn from_crd(crd: &Value) -> Vec<ResourceType> {
             .collect();
         out.push(ResourceType {
             group: text(&spec["group"]),
+            storage_group: text(&spec["group"]),
             version: text(&version["name"]),
             plural: plural.clone(),
             singular: singular.clone(),

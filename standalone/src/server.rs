@@ -584,13 +584,16 @@ fn relevant(
     event: &Event,
 ) -> Option<(&'static str, Value)> {
     let key = &event.key;
-    if key.group != rt.group || key.resource != rt.plural {
+    if key.group != rt.storage_group || key.resource != rt.plural {
         return None;
     }
     if ns.is_some_and(|ns| key.namespace != ns) {
         return None;
     }
-    let selected = |o: &Value| list.labels.matches_object(o) && list.fields.matches(o);
+    let selected = |o: &Value| {
+        let o = present(rt, o.clone());
+        list.labels.matches_object(&o) && list.fields.matches(&o)
+    };
     let now = selected(&event.object);
     let before = event.previous.as_deref().is_some_and(selected);
     let kind = match (event.kind, before, now) {

@@ -10,7 +10,7 @@
 //! into a snapshot (`snapshot.json`, written to a temporary file and renamed) every time the
 //! store is opened. Log lines are written, not fsynced, per change.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -81,10 +81,63 @@ struct Record {
     object: Option<Value>,
 }
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 struct Snapshot {
     rv: u64,
     objects: Vec<(Key, Value)>,
+}
+
+/// What a snapshot is written from (the shape [`Snapshot`] reads).
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    rv: u64,
+    objects: Vec<(&'a Key, &'a Value)>,
+}
+
+/// How many log records trigger a compaction into a new snapshot.
+const COMPACT_EVERY: usize = 10_000;
+
+/// The data directory: a snapshot plus the log of changes made since.
+#[derive(Debug)]
+struct Log {
+    dir: PathBuf,
+    file: Option<File>,
+    records: usize,
+    compact_every: usize,
+}
+
+impl Log {
+    /// Writes a snapshot of `objects` (to a temporary file, synced, then renamed over the old
+    /// one) and starts an empty log.
+    fn compact(&mut self, objects: &BTreeMap<Key, Value>, rv: u64) -> Result<(), Error> {
+        let snapshot = SnapshotRef { rv, objects: objects.iter().collect() };
+        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
+        let text = serde_json::to_vec(&snapshot)
+            .map_err(|source| Error::CorruptData { path: tmp.display().to_string(), source })?;
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+        let snapshot_path = self.dir.join(SNAPSHOT);
+        std::fs::rename(&tmp, &snapshot_path).map_err(io_err(&snapshot_path))?;
+        let log_path = self.dir.join(LOG);
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
+        self.file = Some(file);
+        self.records = 0;
+        Ok(())
+    }
+
+    fn append(&mut self, record: &Record) -> std::io::Result<()> {
+        let file = self.file.as_mut().ok_or_else(|| std::io::Error::other("log is not open"))?;
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        self.records += 1;
+        Ok(())
+    }
 }
 
 /// Receives the changes made after a subscription.
@@ -98,8 +151,20 @@ pub(crate) struct Store {
     rv: u64,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
-    log: Option<(PathBuf, File)>,
+    log: Option<Log>,
     events: broadcast::Sender<Arc<Event>>,
+    /// Owner uid → keys of the objects whose `ownerReferences` name it.
+    dependents: BTreeMap<String, BTreeSet<Key>>,
+    /// Uids of the stored objects.
+    uids: BTreeSet<String>,
+}
+
+fn owner_uids(object: &Value) -> impl Iterator<Item = &str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
 }
 
 const LOG: &str = "objects.jsonl";
@@ -115,6 +180,8 @@ impl Store {
         let (events, _) = broadcast::channel(4096);
         let mut store = Self {
             objects: BTreeMap::new(),
+            dependents: BTreeMap::new(),
+            uids: BTreeSet::new(),
             rv: 0,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
@@ -153,23 +220,10 @@ impl Store {
                     };
                 }
             }
-            let snapshot = Snapshot {
-                rv: store.rv,
-                objects: store.objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            };
-            let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
-            let text = serde_json::to_vec(&snapshot)
-                .map_err(|source| Error::CorruptData { path: tmp.display().to_string(), source })?;
-            std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &snapshot_path).map_err(io_err(&snapshot_path))?;
-            let file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(&log_path)
-                .map_err(io_err(&log_path))?;
-            store.log = Some((log_path, file));
+            let mut log =
+                Log { dir: dir.to_owned(), file: None, records: 0, compact_every: COMPACT_EVERY };
+            log.compact(&store.objects, store.rv)?;
+            store.log = Some(log);
         }
         Ok(store)
     }
@@ -223,14 +277,17 @@ impl Store {
         }
         self.persist(rv, &key, Some(&object));
         let previous = self.objects.insert(key.clone(), object.clone()).map(Arc::new);
+        self.index(&key, previous.as_deref(), Some(&object));
         let kind = if previous.is_some() { EventType::Modified } else { EventType::Added };
         self.record(Event { rv, kind, key, object: Arc::new(object.clone()), previous });
+        self.maybe_compact();
         object
     }
 
     /// Removes an object; the returned copy carries the deletion's `resourceVersion`.
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Value> {
         let mut object = self.objects.remove(key)?;
+        self.index(key, Some(&object), None);
         self.rv += 1;
         let rv = self.rv;
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -244,7 +301,39 @@ impl Store {
             object: Arc::new(object.clone()),
             previous: None,
         });
+        self.maybe_compact();
         Some(object)
+    }
+
+    /// Keys of the objects that name `uid` in their `ownerReferences`.
+    pub(crate) fn dependents_of(&self, uid: &str) -> Vec<Key> {
+        self.dependents.get(uid).map(|keys| keys.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Whether an object with this uid is stored.
+    pub(crate) fn is_live(&self, uid: &str) -> bool {
+        self.uids.contains(uid)
+    }
+
+    fn index(&mut self, key: &Key, before: Option<&Value>, after: Option<&Value>) {
+        let uid_of = |o: &Value| o["metadata"]["uid"].as_str().map(str::to_owned);
+        if let Some(uid) = before.and_then(uid_of) {
+            self.uids.remove(&uid);
+        }
+        if let Some(uid) = after.and_then(uid_of) {
+            self.uids.insert(uid);
+        }
+        for uid in before.into_iter().flat_map(owner_uids) {
+            if let Some(keys) = self.dependents.get_mut(uid) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.dependents.remove(uid);
+                }
+            }
+        }
+        for uid in after.into_iter().flat_map(owner_uids) {
+            self.dependents.entry(uid.to_owned()).or_default().insert(key.clone());
+        }
     }
 
     /// Events after `rv` still in the history, and a receiver for later ones. `None` when
@@ -273,15 +362,22 @@ impl Store {
     }
 
     fn persist(&mut self, rv: u64, key: &Key, object: Option<&Value>) {
-        let Some((path, file)) = &mut self.log else { return };
+        let Some(log) = &mut self.log else { return };
         let record = Record { rv, key: key.clone(), object: object.cloned() };
-        let written =
-            serde_json::to_vec(&record).map_err(std::io::Error::other).and_then(|mut line| {
-                line.push(b'\n');
-                file.write_all(&line)
-            });
-        if let Err(error) = written {
-            tracing::error!(path = %path.display(), %error, "could not persist a change");
+        if let Err(error) = log.append(&record) {
+            tracing::error!(dir = %log.dir.display(), %error, "could not persist a change");
+        }
+    }
+
+    /// Compacts the log once it is long; called after the change is applied in memory, so
+    /// the snapshot includes it.
+    fn maybe_compact(&mut self) {
+        let Some(log) = &mut self.log else { return };
+        if log.records < log.compact_every {
+            return;
+        }
+        if let Err(error) = log.compact(&self.objects, self.rv) {
+            tracing::error!(dir = %log.dir.display(), %error, "could not compact the data directory");
         }
     }
 }
@@ -318,6 +414,22 @@ mod tests {
         assert_eq!(c["metadata"]["resourceVersion"], "4");
         drop(store);
         assert_eq!(Store::open(Some(&dir), 10).unwrap().rv(), 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_long_log_is_compacted_into_the_snapshot() {
+        let dir = std::env::temp_dir().join(format!("kubefaas-store-{}", uuid::Uuid::new_v4()));
+        let mut store = Store::open(Some(&dir), 10).unwrap();
+        store.log.as_mut().unwrap().compact_every = 3;
+        for name in ["a", "b", "c", "d", "e"] {
+            store.put(key(name), json!({"metadata": {"name": name}}));
+        }
+        let lines = std::fs::read_to_string(dir.join(LOG)).unwrap().lines().count();
+        assert_eq!(lines, 2, "three records were compacted away");
+        drop(store);
+        let store = Store::open(Some(&dir), 10).unwrap();
+        assert_eq!((store.rv(), store.iter().count()), (5, 5));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -18,17 +18,22 @@ pub(crate) enum IncludeObject {
 }
 
 fn columns(rt: &ResourceType) -> Vec<PrinterColumn> {
-    let mut out = vec![PrinterColumn {
-        name: "Name".into(),
-        type_: "string".into(),
-        format: "name".into(),
-        description: "Name must be unique within a namespace.".into(),
-        priority: 0,
-        json_path: ".metadata.name".into(),
-    }];
+    // A type that places NAME itself (core events show it only with `-o wide`) gets no other.
+    let mut out = Vec::new();
+    if !rt.columns.iter().any(|c| c.name == "Name") {
+        out.push(PrinterColumn {
+            name: "Name".into(),
+            type_: "string".into(),
+            format: "name".into(),
+            description: "Name must be unique within a namespace.".into(),
+            priority: 0,
+            json_path: ".metadata.name".into(),
+        });
+    }
     out.extend(rt.columns.iter().cloned());
-    let has_created = rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp");
-    if (!rt.custom || rt.columns.is_empty()) && !has_created {
+    let has_date = rt.columns.iter().any(|c| c.type_ == "date")
+        || rt.columns.iter().any(|c| c.json_path == ".metadata.creationTimestamp");
+    if (!rt.custom || rt.columns.is_empty()) && !has_date {
         out.push(PrinterColumn {
             name: "Age".into(),
             type_: "date".into(),
@@ -61,7 +66,7 @@ pub(crate) fn table(
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
-            let cells: Vec<Value> = cols.iter().map(|c| cell(item, c, now)).collect();
+            let cells: Vec<Value> = cols.iter().map(|c| cell(item, c, rt.custom, now)).collect();
             let mut row = json!({"cells": cells});
             match include {
                 IncludeObject::Object => row["object"] = item.clone(),
@@ -84,12 +89,19 @@ pub(crate) fn table(
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": definitions, "rows": rows})
 }
 
-fn cell(item: &Value, column: &PrinterColumn, now: jiff::Timestamp) -> Value {
-    if let Some(special) = column.json_path.strip_prefix('#') {
-        return computed(item, special);
-    }
-    let Some(value) = eval_path(item, &column.json_path) else {
-        return if column.type_ == "string" || column.type_ == "date" {
+/// One cell. A missing value is `null` for custom resources (kubectl prints it blank, as for a
+/// CRD on a real cluster) and `<none>` in the string columns of built-ins (as their printers do).
+fn cell(item: &Value, column: &PrinterColumn, custom: bool, now: jiff::Timestamp) -> Value {
+    let computed_value;
+    let found = match column.json_path.strip_prefix('#') {
+        Some(special) => {
+            computed_value = computed(item, special);
+            Some(&computed_value)
+        }
+        None => eval_path(item, &column.json_path),
+    };
+    let Some(value) = found.filter(|v| !v.is_null()) else {
+        return if !custom && (column.type_ == "string" || column.type_ == "date") {
             json!("<none>")
         } else {
             Value::Null
@@ -137,6 +149,15 @@ fn computed(item: &Value, which: &str) -> Value {
                 .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
                 .collect();
             json!(if ports.is_empty() { "<none>".to_owned() } else { ports.join(",") })
+        }
+        "lastseen" => {
+            let candidates = [
+                &item["lastTimestamp"],
+                &item["series"]["lastObservedTime"],
+                &item["eventTime"],
+                &item["metadata"]["creationTimestamp"],
+            ];
+            candidates.into_iter().find(|v| v.is_string()).cloned().unwrap_or(Value::Null)
         }
         "involved" => {
             let o = &item["involvedObject"];

@@ -34,6 +34,8 @@ async fn start(dir: &Path) -> Child {
     });
     let line = ready.await.expect("a ready line");
     assert!(line.contains("addr=127.0.0.1:"), "{line}");
+    // Keep reading, so the server's later log lines have somewhere to go.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
 }
 

@@ -117,7 +117,14 @@ async fn conflicts_and_preconditions_are_409_with_details() {
     let item = format!("{FUNCTIONS}/hello");
     let mut stale = hello();
     stale["metadata"]["resourceVersion"] = json!("1");
-    assert_status(&json_request(&h, "PUT", &item, stale).await, 409, "Conflict");
+    assert_status(&json_request(&h, "PUT", &item, stale.clone()).await, 409, "Conflict");
+    let mut other_uid = hello();
+    other_uid["metadata"]["uid"] = json!("someone-else");
+    assert_status(&json_request(&h, "PUT", &item, other_uid).await, 409, "Conflict");
+    let (apply_path, stale_config) = (format!("{item}?fieldManager=t"), stale.to_string());
+    let yaml = "application/apply-patch+yaml";
+    let stale_apply = request(&h, "PATCH", &apply_path, yaml, stale_config.as_bytes()).await;
+    assert_status(&stale_apply, 409, "Conflict");
     let precondition = json!({"preconditions": {"uid": "not-the-uid"}});
     assert_status(&json_request(&h, "DELETE", &item, precondition).await, 409, "Conflict");
     let mismatch = json_request(&h, "PUT", &format!("{FUNCTIONS}/other"), hello()).await;

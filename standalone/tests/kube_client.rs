@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{Harness, eventually, scratch_dir};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     WatchEvent, WatchParams,
@@ -334,4 +335,112 @@ async fn a_label_selected_watch_sees_objects_enter_and_leave_the_selection() {
     };
     assert!(matches!(next().await, WatchEvent::Added(f) if f.name_any() == "moving"));
     assert!(matches!(next().await, WatchEvent::Deleted(f) if f.labels()["stage"] == "retired"));
+}
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_initial_events_then_changes() {
+    let (_h, api) = harness().await;
+    api.create(&PostParams::default(), &function("existing")).await.unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut events = watcher(api.clone(), config).boxed();
+    let mut next = async || {
+        let event = tokio::time::timeout(common::PATIENCE, events.try_next()).await.unwrap();
+        event.unwrap().unwrap()
+    };
+    assert!(matches!(next().await, watcher::Event::Init));
+    assert!(matches!(next().await, watcher::Event::InitApply(f) if f.name_any() == "existing"));
+    assert!(matches!(next().await, watcher::Event::InitDone));
+    api.create(&PostParams::default(), &function("later")).await.unwrap();
+    assert!(matches!(next().await, watcher::Event::Apply(f) if f.name_any() == "later"));
+}
+
+#[tokio::test]
+async fn a_namespace_terminates_once_its_last_object_is_released() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let (h, _) = harness().await;
+    let namespaces: Api<Namespace> = Api::all(h.client());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let functions: Api<Function> = Api::namespaced(h.client(), "doomed");
+    let mut held = function("held");
+    held.metadata.finalizers = Some(vec!["kubefaas.io/cleanup".into()]);
+    functions.create(&PostParams::default(), &held).await.unwrap();
+    functions.create(&PostParams::default(), &function("free")).await.unwrap();
+
+    namespaces.delete("doomed", &DeleteParams::default()).await.unwrap();
+    let terminating = namespaces.get("doomed").await.unwrap();
+    assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert!(functions.get_opt("free").await.unwrap().is_none());
+    assert!(functions.get("held").await.unwrap().metadata.deletion_timestamp.is_some());
+    let err = functions.create(&PostParams::default(), &function("late")).await.unwrap_err();
+    assert_eq!(status_code(&err), (403, "Forbidden".into()));
+
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    functions.patch("held", &PatchParams::default(), &release).await.unwrap();
+    assert!(functions.get_opt("held").await.unwrap().is_none());
+    assert!(namespaces.get_opt("doomed").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn foreground_deletion_removes_dependents_first_even_with_ownership_cycles() {
+    let (h, api) = harness().await;
+    let cms: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let owner = api.create(&PostParams::default(), &function("root")).await.unwrap();
+    let owned_by = |owner: OwnerReference, name: &str| {
+        let mut cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        cm.metadata.owner_references = Some(vec![owner]);
+        cm
+    };
+    let child = owned_by(owner.owner_ref(&()).unwrap(), "child");
+    let child = cms.create(&PostParams::default(), &child).await.unwrap();
+    let grandchild = owned_by(child.owner_ref(&()).unwrap(), "grandchild");
+    let grandchild = cms.create(&PostParams::default(), &grandchild).await.unwrap();
+    // The child is also owned by its own dependent: a cycle.
+    let mut child = cms.get("child").await.unwrap();
+    child.metadata.owner_references.as_mut().unwrap().push(grandchild.owner_ref(&()).unwrap());
+    cms.replace("child", &PostParams::default(), &child).await.unwrap();
+
+    api.delete("root", &DeleteParams::foreground()).await.unwrap();
+    assert!(api.get_opt("root").await.unwrap().is_none());
+    assert!(cms.get_opt("child").await.unwrap().is_none());
+    assert!(cms.get_opt("grandchild").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn generate_name_namespace_field_selectors_and_watch_timeouts() {
+    let (h, api) = harness().await;
+    let mut generated = function("");
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let created = api.create(&PostParams::default(), &generated).await.unwrap();
+    let name = created.name_any();
+    assert!(name.starts_with("gen-") && name.len() == "gen-".len() + 5, "{name}");
+
+    for ns in ["default", "kube-system", "kube-public"] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+        Api::<ConfigMap>::namespaced(h.client(), ns)
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
+    }
+    let cms: Api<ConfigMap> = Api::all(h.client());
+    let namespaces = async |selector: &str| -> Vec<String> {
+        let list = cms.list(&ListParams::default().fields(selector)).await.unwrap();
+        list.items.iter().map(|c| c.namespace().unwrap()).collect()
+    };
+    assert_eq!(namespaces("metadata.namespace=default").await, ["default"]);
+    assert_eq!(namespaces("metadata.namespace!=default").await, ["kube-public", "kube-system"]);
+    assert_eq!(
+        namespaces("metadata.name=c,metadata.namespace==kube-public").await,
+        ["kube-public"]
+    );
+
+    // A watch with timeoutSeconds ends on its own.
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let params = WatchParams::default().timeout(1).disable_bookmarks();
+    let stream = api.watch(&params, &rv).await.unwrap();
+    let events: Vec<_> =
+        tokio::time::timeout(common::PATIENCE, stream.collect::<Vec<_>>()).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
 }

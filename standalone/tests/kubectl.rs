@@ -277,3 +277,39 @@ async fn kubectl_api_resources_lists_builtins_and_custom_resources() {
     let version = h.kubectl_ok(&["version", "-o", "json"]).await;
     assert!(version.contains("serverVersion"), "{version}");
 }
+
+#[tokio::test]
+async fn events_recorded_by_a_controller_show_in_kubectl_describe_and_get_events() {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder};
+    let h = with_hello().await;
+    let api: kube::Api<kubefaas_core::resources::Function> =
+        kube::Api::default_namespaced(h.client());
+    let function = api.get("hello").await.unwrap();
+    let recorder = Recorder::new(h.client(), "kubefaas-operator".into());
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "CodeStored".into(),
+        note: Some("stored 180 bytes".into()),
+        action: "StoreCode".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &function.object_ref(&())).await.unwrap();
+    recorder.publish(&event, &function.object_ref(&())).await.unwrap();
+
+    let events = h.kubectl_ok(&["get", "events"]).await;
+    assert!(events.contains("CodeStored") && events.contains("function/hello"), "{events}");
+    let describe = h.kubectl_ok(&["describe", "fn", "hello"]).await;
+    let line = describe.lines().find(|l| l.contains("CodeStored")).unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(words.starts_with(&["Normal", "CodeStored"]), "{describe}");
+    assert!(line.contains("kubefaas-operator") && line.contains("stored 180 bytes"), "{line}");
+    let count = h.kubectl_ok(&["get", "events", "-o", "jsonpath={.items[0].count}"]).await;
+    let series = h.kubectl_ok(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "-o",
+        "jsonpath={.items[0].series.count}",
+    ]);
+    assert_eq!((count.as_str(), series.await.as_str()), ("", "2"), "a repeat becomes a series");
+}

@@ -61,7 +61,7 @@ impl Harness {
         tokio::time::timeout(PATIENCE, self.command(args).output())
             .await
             .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
-            .expect("kubectl runs")
+            .expect("running kubectl (it must be on the PATH)")
     }
 
     /// Runs kubectl, which must succeed; returns its stdout.
@@ -138,7 +138,7 @@ impl Harness {
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl runs");
+        let mut child = cmd.spawn().expect("running kubectl (it must be on the PATH)");
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(input.as_bytes()).await.unwrap();
         drop(stdin);
@@ -155,7 +155,7 @@ impl Harness {
     pub(crate) fn kubectl_spawn(&self, args: &[&str]) -> tokio::process::Child {
         let mut cmd = self.command(args);
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        cmd.spawn().expect("kubectl runs")
+        cmd.spawn().expect("running kubectl (it must be on the PATH)")
     }
 
     /// Applies the project's CRDs.
