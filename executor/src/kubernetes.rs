@@ -7,9 +7,13 @@
 //! Pods are reused while warm, created up to `maxInstances` when all are busy, reaped after
 //! `idleTimeoutSeconds` down to `minWarm`, and replaced when the function's code or settings
 //! change. A container the kubelet reports `OOMKilled` during an invocation makes it fail with
-//! `OutOfMemory`. Pods are found again only through this process's memory: a restarted executor
-//! leaves its old pods to the reaper of nobody — they carry the executor's name as a label and
-//! are deleted at start (see [`KubernetesBackend::start`]).
+//! `OutOfMemory`. `minWarm` pods are started once the function has been invoked on this executor
+//! (not ahead of its first invocation).
+//!
+//! The backend knows its pods from memory only. Each pod carries the executor's name as a label,
+//! and an executor starting under a name deletes the pods labelled with it (a restart with the
+//! same `--name` cleans up after a crash). Pods of an executor that never comes back under its
+//! name stay until their Function is deleted (its owner reference garbage-collects them).
 
 use std::{
     collections::HashMap,

@@ -89,6 +89,17 @@ pub async fn run_kubernetes(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let client = kube::Client::try_default().await.map_err(ServiceError::Kube)?;
+    run_kubernetes_with_client(config, kubernetes, client, shutdown).await
+}
+
+/// [`run_kubernetes`] over a given client: what `kubefaas up` uses in-process, beside the
+/// standalone control plane and its node agent.
+pub async fn run_kubernetes_with_client(
+    config: ExecutorConfig,
+    kubernetes: KubernetesConfig,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
     let backend = KubernetesBackend::start(client.clone(), kubernetes).await;
     run_with_backend(config, KubeFunctions::new(client), backend, shutdown).await
 }

@@ -62,19 +62,15 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Self {
-        Self::start_full(false, env("REDIS_URL")).await
-    }
-
-    /// `kubernetes`: the apiserver runs its node agent and the executor runs invocations in pods.
-    async fn start_with(kubernetes: bool) -> Self {
-        Self::start_full(kubernetes, env("REDIS_URL")).await
+        Self::start_with(env("REDIS_URL"), false).await
     }
 
     async fn start_with_redis(redis_url: String) -> Self {
-        Self::start_full(false, redis_url).await
+        Self::start_with(redis_url, false).await
     }
 
-    async fn start_full(kubernetes: bool, redis_url: String) -> Self {
+    /// `kubernetes`: the apiserver runs its node agent and the executor runs invocations in pods.
+    async fn start_with(redis_url: String, kubernetes: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let schema = format!("e2e_{}", Uuid::new_v4().simple());
@@ -489,6 +485,141 @@ async fn an_invocation_survives_the_death_of_its_executor_and_runs_once() {
     assert_eq!(done["status"]["attempts"], 2, "the takeover is the second attempt, and the last");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the_node_agent() {
+    let platform = Platform::start_with(env("REDIS_URL"), true).await;
+    let examples = repo().join("examples");
+    platform.kubectl_ok(&["apply", "-f", examples.join("function.yaml").to_str().unwrap()]).await;
+    let ready = platform.wait_phase("function/hello", "Ready").await;
+    platform.kubectl_ok(&["apply", "-f", examples.join("invocation.yaml").to_str().unwrap()]).await;
+    let done = platform.wait_phase("invocation/hello-once", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["message"], "Hello, kubefaas!");
+    assert!(
+        done["status"]["logs"].as_str().unwrap().contains("greeting kubefaas"),
+        "{}",
+        done["status"]
+    );
+    assert_eq!(done["status"]["metrics"]["coldStart"], true, "the first invocation made the pod");
+    platform.invoke("hello-twice", "hello", "{name: again}").await;
+    let warm = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
+    assert_eq!(warm["status"]["result"]["message"], "Hello, again!");
+    assert_eq!(warm["status"]["metrics"]["coldStart"], false, "the warm pod was reused");
+
+    // The pods as kubectl shows them: restricted, owned by the Function, on their own address.
+    let pods: Value = serde_json::from_str(
+        &platform
+            .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=hello", "-o", "json"])
+            .await,
+    )
+    .unwrap();
+    let pods = pods["items"].as_array().unwrap();
+    assert_eq!(pods.len(), 1, "one pod serves invocations one after another");
+    let pod = &pods[0];
+    assert!(pod["status"]["podIP"].as_str().unwrap().starts_with("127."), "{}", pod["status"]);
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Function");
+    assert_eq!(owner["uid"], ready["metadata"]["uid"]);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let security = &pod["spec"]["containers"][0]["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let limits = &pod["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["memory"], (128u64 << 20).to_string());
+    assert_eq!(limits["cpu"], "100m");
+
+    // Scaling: an idle pod is reaped after idleTimeoutSeconds, minWarm pods are kept (and
+    // started), maxInstances caps the pods however many invocations wait.
+    let sleepy = "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return 'ok'";
+    for (name, scaling) in [
+        ("idle", "minWarm: 0, maxInstances: 3, idleTimeoutSeconds: 1"),
+        ("warm", "minWarm: 2, maxInstances: 2, idleTimeoutSeconds: 1"),
+        ("single", "minWarm: 0, maxInstances: 1, idleTimeoutSeconds: 600"),
+    ] {
+        let extra = format!("  maxConcurrency: 3\n  scaling: {{{scaling}}}\n");
+        platform.apply(&function(name, "python", "main.handler", sleepy, &extra)).await;
+        platform.wait_phase(&format!("function/{name}"), "Ready").await;
+    }
+    for (invocation, function) in [
+        ("idle-1", "idle"),
+        ("warm-1", "warm"),
+        ("single-1", "single"),
+        ("single-2", "single"),
+        ("single-3", "single"),
+    ] {
+        platform.invoke(invocation, function, "{sleep: 1}").await;
+    }
+    for invocation in ["idle-1", "warm-1", "single-1", "single-2", "single-3"] {
+        platform.wait_phase(&format!("invocation/{invocation}"), "Succeeded").await;
+    }
+    let ready_pods = |function: &'static str| {
+        let platform = &platform;
+        async move {
+            let pods: Value = serde_json::from_str(
+                &platform
+                    .kubectl_ok(&[
+                        "get",
+                        "pods",
+                        "-l",
+                        &format!("kubefaas.io/function={function}"),
+                        "-o",
+                        "json",
+                    ])
+                    .await,
+            )
+            .unwrap();
+            pods["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["status"]["podIP"].is_string())
+                .count()
+        }
+    };
+    let eventually = |function: &'static str, count: usize| {
+        let ready_pods = &ready_pods;
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while ready_pods(function).await != count {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{function} never had {count} pods"));
+        }
+    };
+    eventually("idle", 0).await;
+    eventually("warm", 2).await;
+    assert_eq!(
+        ready_pods("single").await,
+        1,
+        "maxInstances 1: three invocations took turns on one pod"
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(ready_pods("warm").await, 2, "minWarm pods outlive the idle timeout");
+
+    // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
+    memory_hog_fails_out_of_memory(&platform).await;
+
+    // Deleting the Function garbage-collects its pods, and the node agent stops them.
+    platform.kubectl_ok(&["delete", "function", "hello", "--wait=true"]).await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let left = platform
+                .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=hello", "-o", "name"])
+                .await;
+            if left.trim().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the deleted function's pods stay\n{}", platform.logs()));
+}
+
 /// A Redis server of this test's own, so it can be wiped and restarted without disturbing others.
 struct PrivateRedis {
     port: u16,
@@ -670,139 +801,4 @@ async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
         runs.len() - COUNT
     );
     let _ = std::fs::remove_dir_all(&scratch);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the_node_agent() {
-    let platform = Platform::start_with(true).await;
-    let examples = repo().join("examples");
-    platform.kubectl_ok(&["apply", "-f", examples.join("function.yaml").to_str().unwrap()]).await;
-    let ready = platform.wait_phase("function/hello", "Ready").await;
-    platform.kubectl_ok(&["apply", "-f", examples.join("invocation.yaml").to_str().unwrap()]).await;
-    let done = platform.wait_phase("invocation/hello-once", "Succeeded").await;
-    assert_eq!(done["status"]["result"]["message"], "Hello, kubefaas!");
-    assert!(
-        done["status"]["logs"].as_str().unwrap().contains("greeting kubefaas"),
-        "{}",
-        done["status"]
-    );
-    assert_eq!(done["status"]["metrics"]["coldStart"], true, "the first invocation made the pod");
-    platform.invoke("hello-twice", "hello", "{name: again}").await;
-    let warm = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
-    assert_eq!(warm["status"]["result"]["message"], "Hello, again!");
-    assert_eq!(warm["status"]["metrics"]["coldStart"], false, "the warm pod was reused");
-
-    // The pods as kubectl shows them: restricted, owned by the Function, on their own address.
-    let pods: Value = serde_json::from_str(
-        &platform
-            .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=hello", "-o", "json"])
-            .await,
-    )
-    .unwrap();
-    let pods = pods["items"].as_array().unwrap();
-    assert_eq!(pods.len(), 1, "one pod serves invocations one after another");
-    let pod = &pods[0];
-    assert!(pod["status"]["podIP"].as_str().unwrap().starts_with("127."), "{}", pod["status"]);
-    let owner = &pod["metadata"]["ownerReferences"][0];
-    assert_eq!(owner["kind"], "Function");
-    assert_eq!(owner["uid"], ready["metadata"]["uid"]);
-    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-    assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    let security = &pod["spec"]["containers"][0]["securityContext"];
-    assert_eq!(security["runAsNonRoot"], true);
-    assert_eq!(security["allowPrivilegeEscalation"], false);
-    assert_eq!(security["readOnlyRootFilesystem"], true);
-    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let limits = &pod["spec"]["containers"][0]["resources"]["limits"];
-    assert_eq!(limits["memory"], (128u64 << 20).to_string());
-    assert_eq!(limits["cpu"], "100m");
-
-    // Scaling: an idle pod is reaped after idleTimeoutSeconds, minWarm pods are kept (and
-    // started), maxInstances caps the pods however many invocations wait.
-    let sleepy = "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return 'ok'";
-    for (name, scaling) in [
-        ("idle", "minWarm: 0, maxInstances: 3, idleTimeoutSeconds: 1"),
-        ("warm", "minWarm: 2, maxInstances: 2, idleTimeoutSeconds: 1"),
-        ("single", "minWarm: 0, maxInstances: 1, idleTimeoutSeconds: 600"),
-    ] {
-        let extra = format!("  maxConcurrency: 3\n  scaling: {{{scaling}}}\n");
-        platform.apply(&function(name, "python", "main.handler", sleepy, &extra)).await;
-        platform.wait_phase(&format!("function/{name}"), "Ready").await;
-    }
-    for (invocation, function) in [
-        ("idle-1", "idle"),
-        ("warm-1", "warm"),
-        ("single-1", "single"),
-        ("single-2", "single"),
-        ("single-3", "single"),
-    ] {
-        platform.invoke(invocation, function, "{sleep: 1}").await;
-    }
-    for invocation in ["idle-1", "warm-1", "single-1", "single-2", "single-3"] {
-        platform.wait_phase(&format!("invocation/{invocation}"), "Succeeded").await;
-    }
-    let ready_pods = |function: &'static str| {
-        let platform = &platform;
-        async move {
-            let pods: Value = serde_json::from_str(
-                &platform
-                    .kubectl_ok(&[
-                        "get",
-                        "pods",
-                        "-l",
-                        &format!("kubefaas.io/function={function}"),
-                        "-o",
-                        "json",
-                    ])
-                    .await,
-            )
-            .unwrap();
-            pods["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|p| p["status"]["podIP"].is_string())
-                .count()
-        }
-    };
-    let eventually = |function: &'static str, count: usize| {
-        let ready_pods = &ready_pods;
-        async move {
-            tokio::time::timeout(PATIENCE, async {
-                while ready_pods(function).await != count {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{function} never had {count} pods"));
-        }
-    };
-    eventually("idle", 0).await;
-    eventually("warm", 2).await;
-    assert_eq!(
-        ready_pods("single").await,
-        1,
-        "maxInstances 1: three invocations took turns on one pod"
-    );
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_eq!(ready_pods("warm").await, 2, "minWarm pods outlive the idle timeout");
-
-    // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
-    memory_hog_fails_out_of_memory(&platform).await;
-
-    // Deleting the Function garbage-collects its pods, and the node agent stops them.
-    platform.kubectl_ok(&["delete", "function", "hello", "--wait=true"]).await;
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let left = platform
-                .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=hello", "-o", "name"])
-                .await;
-            if left.trim().is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the deleted function's pods stay\n{}", platform.logs()));
 }
