@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --workspace --bins --examples   # the binaries the harness starts
-//! DATABASE_URL=... REDIS_URL=... cargo run -p kubefaas-api-gateway --example latency [-- N]
+//! DATABASE_URL=... REDIS_URL=... cargo run -p kubefaas-api-gateway --example gateway_latency [-- N]
 //! ```
 //!
 //! Add `--release` to both commands to measure optimised binaries.

@@ -1,5 +1,5 @@
 //! Measures cold start and warm invocation latency per runtime on this machine, through the
-//! driver with the local sandbox: `cargo run -p kubefaas-executor --example latency --release`.
+//! driver with the local sandbox: `cargo run -p kubefaas-executor --example driver_latency --release`.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
