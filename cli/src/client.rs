@@ -165,7 +165,7 @@ impl Gateway {
     }
 
     fn print_json(&self, value: &Value) {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+        out!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
     }
 
     pub(crate) async fn function(&self, command: FunctionCommand) -> Result<(), CliError> {
@@ -176,7 +176,7 @@ impl Gateway {
                     self.call(Method::POST, "/functions", &[], Some(&body)).await?;
                 match self.output {
                     Output::Json => self.print_json(&created),
-                    Output::Text => println!(
+                    Output::Text => out!(
                         "function {} created (id {})",
                         field(&created, "name"),
                         field(&created, "id")
@@ -216,19 +216,19 @@ impl Gateway {
                             "created_at",
                             "updated_at",
                         ] {
-                            println!("{key:<11} {}", field(&got, key));
+                            out!("{key:<11} {}", field(&got, key));
                         }
-                        println!(
+                        out!(
                             "{:<11} {}",
                             "checksum",
                             got.pointer("/code/checksum").and_then(Value::as_str).unwrap_or("-")
                         );
-                        println!(
+                        out!(
                             "{:<11} {}s",
                             "timeout",
                             got.pointer("/config/timeout").map_or("-".into(), Value::to_string)
                         );
-                        println!(
+                        out!(
                             "{:<11} {} MiB",
                             "memory",
                             got.pointer("/config/memory_mb").map_or("-".into(), Value::to_string)
@@ -241,7 +241,7 @@ impl Gateway {
                     self.call(Method::DELETE, &format!("/functions/{function}"), &[], None).await?;
                 match self.output {
                     Output::Json => self.print_json(&deleted),
-                    Output::Text => println!("function {function} deleted"),
+                    Output::Text => out!("function {function} deleted"),
                 }
             }
         }
@@ -267,7 +267,7 @@ impl Gateway {
         if !args.wait {
             match self.output {
                 Output::Json => self.print_json(&accepted),
-                Output::Text => println!("{id}"),
+                Output::Text => out!("{id}"),
             }
             return Ok(());
         }
@@ -312,9 +312,9 @@ impl Gateway {
             self.call(Method::GET, &format!("/invocations/{id}/logs"), &[], None).await?;
         match (self.output, &logs) {
             (Output::Json, _) => self.print_json(&logs),
-            (Output::Text, Value::String(text)) => print!("{text}"),
+            (Output::Text, Value::String(text)) => out_raw!("{text}"),
             (Output::Text, other) => {
-                print!("{}", other.get("logs").and_then(Value::as_str).unwrap_or_default())
+                out_raw!("{}", other.get("logs").and_then(Value::as_str).unwrap_or_default())
             }
         }
         Ok(())
@@ -335,9 +335,9 @@ fn print_function_table(listed: &Value) {
         .as_array()
         .or_else(|| listed.get("functions").and_then(Value::as_array))
         .unwrap_or(&empty);
-    println!("{:<24} {:<10} {:<10} {:<8} ID", "NAME", "RUNTIME", "VERSION", "STATUS");
+    out!("{:<24} {:<10} {:<10} {:<8} ID", "NAME", "RUNTIME", "VERSION", "STATUS");
     for function in functions {
-        println!(
+        out!(
             "{:<24} {:<10} {:<10} {:<8} {}",
             field(function, "name"),
             field(function, "runtime"),

@@ -6,6 +6,22 @@
 //! - `kubefaas token create` makes an API token in the platform's database.
 //! - `kubefaas completions SHELL` prints shell completions.
 
+/// `println!` that ignores a closed stdout (`kubefaas fn list | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod client;
 mod up;
 
@@ -157,7 +173,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 out.push_str("---\n");
                 out.push_str(&yaml);
             }
-            print!("{out}");
+            out_raw!("{out}");
             Ok(())
         }
         Command::Function(command) => gateway()?.function(command).await,
@@ -168,7 +184,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Usage(format!("creating the token: {e}")))?;
             match cli.output {
-                Output::Json => println!(
+                Output::Json => out!(
                     "{}",
                     serde_json::json!({"name": name, "namespaces": namespaces, "token": token.secret})
                 ),
@@ -176,7 +192,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     eprintln!(
                         "token {name:?} for namespaces {namespaces:?} (shown once; only its hash is stored):"
                     );
-                    println!("{}", token.secret);
+                    out!("{}", token.secret);
                 }
             }
             Ok(())

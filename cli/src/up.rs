@@ -138,15 +138,15 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             "WARNING: authentication is OFF (--auth none): anyone who can reach the gateway can use it."
         );
     }
-    println!("kubefaas is up");
-    println!("  gateway:        http://{gateway_addr}");
-    println!(
+    out!("kubefaas is up");
+    out!("  gateway:        http://{gateway_addr}");
+    out!(
         "  Kubernetes API: http://{}  (export KUBECONFIG={})",
         server.addr(),
         kubeconfig.display()
     );
-    println!("  data:           {}", data_dir.display());
-    println!("Press Ctrl-C to stop.");
+    out!("  data:           {}", data_dir.display());
+    out!("Press Ctrl-C to stop.");
 
     let (mut operator, mut executor, mut gateway) = (operator, executor, gateway);
     tokio::select! {
@@ -169,7 +169,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
         .shutdown()
         .await
         .map_err(|e| CliError::Start { component: "control plane", message: e.to_string() })?;
-    println!("kubefaas stopped");
+    out!("kubefaas stopped");
     Ok(())
 }
 
