@@ -47,6 +47,7 @@ cat <<MSG
 
 The example functions are deployed. In another terminal:
 
+  curl -s -X POST localhost:8080/functions/hello/invoke -H 'content-type: application/json' -d '{"name": "you"}'
   export KUBECONFIG=$PWD/$kubeconfig
   kubectl get functions
   kubectl apply -f examples/invocation.yaml
