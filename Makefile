@@ -19,13 +19,13 @@ deps: ## Install what the tests need (PostgreSQL, Redis, interpreters, Python ku
 .PHONY: run
 run: ## Run the whole platform here (kubefaas up) with the example functions deployed
 	@scripts/deps.sh
-	$(CARGO) build -p kubefaas
+	$(CARGO) build -p kubefaas -p kubefaas-executor --bins
 	scripts/run.sh
 
 .PHONY: bench
 bench: ## Measure the pipeline here: Function apply → Ready, Invocation apply → Succeeded
 	@scripts/deps.sh
-	$(CARGO) build --release -p kubefaas
+	$(CARGO) build --release -p kubefaas -p kubefaas-executor --bins
 	scripts/bench-pipeline.sh
 
 .PHONY: build

@@ -1,8 +1,9 @@
 //! `kubefaas up`: the whole platform on one machine, in one process.
 //!
-//! Starts the standalone control plane, installs the CRDs, then runs the operator, the executor
-//! and the gateway against the given PostgreSQL and Redis, until Ctrl-C or SIGTERM, and stops
-//! them all cleanly.
+//! Starts the standalone control plane and its node agent, installs the CRDs, then runs the
+//! operator, the executor (by default with the `kubernetes` backend: runtime pods that the node
+//! agent runs as sandboxed local processes) and the gateway against the given PostgreSQL and
+//! Redis, until Ctrl-C or SIGTERM, and stops them all cleanly.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -24,6 +25,16 @@ pub(crate) enum Auth {
     None,
     /// Bearer tokens (`kubefaas token create`).
     Token,
+}
+
+/// Where the executor runs function instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Backend {
+    /// Runtime pods, run by the standalone node agent as sandboxed local processes (needs
+    /// `kubefaas-watchdog` next to `kubefaas` or on the PATH).
+    Kubernetes,
+    /// Sandboxed processes started by the executor itself.
+    Local,
 }
 
 /// Flags of `kubefaas up`.
@@ -50,6 +61,9 @@ pub(crate) struct UpArgs {
     /// Whether the gateway asks for tokens.
     #[arg(long, env = "KUBEFAAS_AUTH", value_enum, default_value = "none")]
     auth: Auth,
+    /// Where function instances run.
+    #[arg(long, env = "KUBEFAAS_BACKEND", value_enum, default_value = "kubernetes")]
+    backend: Backend,
     /// Prefix of every Redis key.
     #[arg(long, env = "KUBEFAAS_QUEUE_PREFIX", default_value = "kubefaas")]
     queue_prefix: String,
@@ -101,23 +115,43 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
         signal(stopped.clone()),
     ));
 
-    let mut worker =
-        kubefaas_executor::worker::WorkerConfig::new(format!("kubefaas-up-{}", std::process::id()));
+    let executor_name = format!("kubefaas-up-{}", std::process::id());
+    let mut worker = kubefaas_executor::worker::WorkerConfig::new(executor_name.clone());
     worker.lease = Duration::from_secs(30);
-    let executor = tokio::spawn(kubefaas_executor::service::run_with(
-        kubefaas_executor::service::ExecutorConfig {
-            database_url: args.database_url.clone(),
-            redis_url: args.redis_url.clone(),
-            queue_prefix: args.queue_prefix.clone(),
-            work_dir: data_dir.join("executor"),
-            sandbox: kubefaas_executor::SandboxMode::Auto,
-            worker,
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            grace: Duration::from_secs(10),
-        },
-        kubefaas_executor::functions::KubeFunctions::new(client.clone()),
-        signal(stopped.clone()),
-    ));
+    let executor_config = kubefaas_executor::service::ExecutorConfig {
+        database_url: args.database_url.clone(),
+        redis_url: args.redis_url.clone(),
+        queue_prefix: args.queue_prefix.clone(),
+        work_dir: data_dir.join("executor"),
+        sandbox: kubefaas_executor::SandboxMode::Auto,
+        worker,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        grace: Duration::from_secs(10),
+    };
+    let (node_agent, executor) = match args.backend {
+        Backend::Kubernetes => {
+            let agent = kubefaas_standalone::node::NodeAgent::start(
+                client.clone(),
+                kubefaas_standalone::node::NodeConfig::new(data_dir.join("node")),
+            )
+            .map_err(|e| CliError::Start { component: "node agent", message: e.to_string() })?;
+            let executor = tokio::spawn(kubefaas_executor::service::run_kubernetes_with_client(
+                executor_config,
+                kubefaas_executor::kubernetes::KubernetesConfig::new(executor_name),
+                client.clone(),
+                signal(stopped.clone()),
+            ));
+            (Some(agent), executor)
+        }
+        Backend::Local => (
+            None,
+            tokio::spawn(kubefaas_executor::service::run_with(
+                executor_config,
+                kubefaas_executor::functions::KubeFunctions::new(client.clone()),
+                signal(stopped.clone()),
+            )),
+        ),
+    };
 
     let mut gateway_config =
         kubefaas_api_gateway::Config::new(args.database_url.clone(), args.redis_url.clone());
@@ -164,6 +198,9 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
     .await;
     if finished.is_err() {
         eprintln!("components did not stop within 20 s; stopping anyway");
+    }
+    if let Some(agent) = node_agent {
+        agent.shutdown().await;
     }
     server
         .shutdown()

@@ -128,6 +128,20 @@ async fn up_runs_the_platform_until_sigterm() {
     )
     .await;
     assert_eq!(result, "Hello, kubefaas!");
+    // It ran in a runtime pod of the node agent (the default kubernetes backend).
+    let pods = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "kubefaas.io/function=hello",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+    )
+    .await;
+    assert!(pods.contains("Running"), "a running pod serves the function: {pods:?}");
 
     // Every CLI command once, against the gateway of this platform.
     let cli = |args: &[&str]| {
