@@ -7,12 +7,12 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::core::v1::ConfigMap,
+    api::core::v1::{ConfigMap, Pod},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -112,7 +112,9 @@ async fn apply(function: &Function, namespace: &str, ctx: &Context) -> Result<Ac
     let (row, _) = ctx.store.upsert_function(&record).await?;
 
     let checksum = package.checksum();
-    let status = ready_status(function, &previous, row.record.id, &package);
+    let mut status = ready_status(function, &previous, row.record.id, &package);
+    status.warm_instances =
+        warm_instances(function, namespace, ctx).await.or(previous.warm_instances);
     status::write::<Function>(ctx, namespace, &name, &status).await?;
     match previous.code_checksum.as_deref() {
         Some(old) if old != checksum => {
@@ -213,6 +215,31 @@ async fn obtain_code(
         )));
     }
     Ok(Err(CodeProblem("spec.code has no source".to_owned())))
+}
+
+/// Runtime pods of the function that are running (the `kubernetes` backend's warm instances);
+/// `None` when they cannot be counted right now.
+async fn warm_instances(function: &Function, namespace: &str, ctx: &Context) -> Option<i32> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{}={}", names::FUNCTION_LABEL, function.name_any());
+    let uid = function.uid()?;
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => {
+            let running = list
+                .items
+                .iter()
+                .filter(|pod| pod.owner_references().iter().any(|owner| owner.uid == uid))
+                .filter(|pod| {
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .count();
+            Some(i32::try_from(running).unwrap_or(i32::MAX))
+        }
+        Err(error) => {
+            tracing::debug!(error = %error, "cannot count runtime pods");
+            None
+        }
+    }
 }
 
 /// The ConfigMap holding the code, owned by the function.

@@ -26,7 +26,7 @@ mod status;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt, future::Shared, stream};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
     Api, Client,
     runtime::{
@@ -194,19 +194,29 @@ pub async fn run_with_client(
         shutdown.clone(),
     ));
 
-    let (functions, invocations, config_maps) = match &config.namespace {
+    let (functions, invocations, config_maps, pods) = match &config.namespace {
         Some(ns) => (
             Api::<Function>::namespaced(client.clone(), ns),
             Api::<Invocation>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
 
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={}", names::MANAGED_BY));
+    // Runtime pods (the executor's kubernetes backend) are owned by their Function: their coming
+    // and going updates `warmInstances`.
+    let runtime_pods = watcher::Config::default().labels(names::FUNCTION_LABEL);
     let function_controller = Controller::new(functions, watcher::Config::default())
         .owns(config_maps, owned)
+        .owns(pods, runtime_pods)
         .graceful_shutdown_on(shutdown.clone())
         .run(function::reconcile, function::error_policy, Arc::clone(&ctx))
         .for_each(|result| async move { log_reconcile("Function", result) });

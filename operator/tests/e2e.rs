@@ -503,6 +503,20 @@ async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the
     platform.invoke("hello-twice", "hello", "{name: again}").await;
     let warm = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
     assert_eq!(warm["status"]["result"]["message"], "Hello, again!");
+    // The Function reports its running runtime pods.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let function = platform.get("function/hello").await;
+        if function["status"]["warmInstances"].as_i64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warmInstances never counted the pod: {}",
+            function["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(warm["status"]["metrics"]["coldStart"], false, "the warm pod was reused");
 
     // The pods as kubectl shows them: restricted, owned by the Function, on their own address.
