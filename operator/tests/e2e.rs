@@ -22,7 +22,7 @@ use tokio::{
 use uuid::Uuid;
 
 /// Bound on any wait, so a broken pipeline fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(90);
+const PATIENCE: Duration = Duration::from_secs(180);
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -317,7 +317,7 @@ async fn memory_hog_fails_out_of_memory(platform: &Platform) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
-    let platform = Platform::start().await;
+    let platform = Platform::start_with(env("REDIS_URL"), true).await;
     let examples = repo().join("examples");
 
     // The examples as a user applies them: python, nodejs, go.
