@@ -32,7 +32,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderValue, middleware};
 use kube::Client;
 use kubefaas_core::{
-    queue::{Completions, Queue, QueueConfig, QueueError},
+    queue::{Completions, Queue, QueueError},
+    service::{Backends, ConnectError, connect},
     store::{Store, StoreConfig, StoreError},
     tokens::NewToken,
     validation::Limits,
@@ -126,9 +127,9 @@ pub enum Error {
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// The Redis URL is malformed.
-    #[error("connecting to Redis: {0}")]
-    Redis(#[source] redis::RedisError),
+    /// PostgreSQL or Redis could not be set up at start.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The Function watch did not deliver its first listing in time.
     #[error("the Function watch did not start within {0:?}; is the CRD installed?")]
     WatchStart(Duration),
@@ -189,13 +190,8 @@ impl Gateway {
     /// Connects to PostgreSQL (migrating it), Redis and the Kubernetes API, starts the Function
     /// watch and binds the listener.
     pub async fn bind(client: Client, config: Config) -> Result<Self, Error> {
-        let store = Store::connect(&StoreConfig::new(config.database_url.clone())).await?;
-        store.migrate().await?;
-        let redis = redis::Client::open(config.redis_url.as_str()).map_err(Error::Redis)?;
-        let queue_config =
-            QueueConfig { prefix: config.queue_prefix.clone(), ..QueueConfig::default() };
-        let queue = Queue::connect(redis.clone(), &queue_config).await?;
-        queue.ensure_group().await?;
+        let Backends { store, redis, queue } =
+            connect(&config.database_url, &config.redis_url, &config.queue_prefix).await?;
         let (completions, listener_task) = Completions::start(redis, queue.keys()).await?;
         let (functions, watch_task) = FunctionCache::start(client.clone());
         let watch_wait = Duration::from_secs(30);

@@ -6,8 +6,9 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::FutureExt;
 use kubefaas_core::{
-    queue::{Queue, QueueConfig, QueueError},
-    store::{Store, StoreConfig, StoreError},
+    queue::{Queue, QueueError},
+    service::{Backends, ConnectError, connect},
+    store::{Store, StoreError},
 };
 
 use crate::{
@@ -48,9 +49,9 @@ pub enum ServiceError {
     /// Redis.
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// The Redis URL is unusable.
-    #[error("connecting to Redis: {0}")]
-    Redis(#[source] redis::RedisError),
+    /// PostgreSQL or Redis could not be set up at start.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The Kubernetes client could not be built.
     #[error("connecting to the Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
@@ -130,12 +131,8 @@ pub async fn run_with_backend<S: FunctionSource, B: Backend>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let shutdown = shutdown.boxed().shared();
-    let store = Store::connect(&StoreConfig::new(config.database_url.clone())).await?;
-    store.migrate().await?;
-    let redis = redis::Client::open(config.redis_url.as_str()).map_err(ServiceError::Redis)?;
-    let queue_config =
-        QueueConfig { prefix: config.queue_prefix.clone(), ..QueueConfig::default() };
-    let queue = Queue::connect(redis, &queue_config).await?;
+    let Backends { store, queue, .. } =
+        connect(&config.database_url, &config.redis_url, &config.queue_prefix).await?;
 
     let metrics = Arc::new(ExecutorMetrics::default());
     let listener = tokio::net::TcpListener::bind(config.http_addr)

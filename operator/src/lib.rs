@@ -37,9 +37,10 @@ use kube::{
     },
 };
 use kubefaas_core::{
-    queue::{Completions, Notice, Queue, QueueConfig, QueueError},
+    queue::{Completions, Notice, Queue, QueueError},
     resources::{Function, Invocation},
-    store::{Store, StoreConfig, StoreError},
+    service::{Backends, ConnectError, connect},
+    store::{Store, StoreError},
     validation::Limits,
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -88,9 +89,9 @@ pub enum Error {
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// Connecting to Redis failed.
-    #[error("connecting to Redis: {0}")]
-    Redis(#[source] redis::RedisError),
+    /// PostgreSQL or Redis could not be set up at start.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// An object lacks a field the API server always sets.
     #[error("{kind} has no {field}")]
     MissingField {
@@ -159,14 +160,8 @@ pub async fn run_with_client(
 ) -> Result<(), Error> {
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
 
-    let store = Store::connect(&StoreConfig::new(config.database_url.clone())).await?;
-    // Several replicas may start at once: migrations serialise on an advisory lock.
-    store.migrate().await?;
-    let redis = redis::Client::open(config.redis_url.as_str()).map_err(Error::Redis)?;
-    let queue_config =
-        QueueConfig { prefix: config.queue_prefix.clone(), ..QueueConfig::default() };
-    let queue = Queue::connect(redis.clone(), &queue_config).await?;
-    queue.ensure_group().await?;
+    let Backends { store, redis, queue } =
+        connect(&config.database_url, &config.redis_url, &config.queue_prefix).await?;
     let (completions, listener) = Completions::start(redis, queue.keys()).await?;
 
     let metrics = Arc::new(Metrics::default());
