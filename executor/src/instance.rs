@@ -293,15 +293,25 @@ impl Instance {
         let pid = child.id();
         let mut pending = Pending { child, logs, cgroup, pid };
 
+        // One deadline covers the whole start: connecting and loading the handler.
+        let deadline = tokio::time::Instant::now() + driver.config.init_timeout;
         let accepted = tokio::select! {
-            accepted = listener.accept() => Some(accepted.map_err(Error::Control)?.0),
-            _ = pending.child.wait() => None,
-            _ = tokio::time::sleep(driver.config.init_timeout) => None,
+            accepted = listener.accept() => Ok(accepted.map_err(Error::Control)?.0),
+            _ = pending.child.wait() => Err(false),
+            _ = tokio::time::sleep_until(deadline) => Err(true),
         };
         let _ = fs::remove_file(&socket_path);
         drop(listener);
-        let Some(stream) = accepted else {
-            return pending.failed_start(started, "the runtime did not connect").await;
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(true) => {
+                return pending
+                    .start_timed_out(started, &spec.handler, driver.config.init_timeout)
+                    .await;
+            }
+            Err(false) => {
+                return pending.failed_start(started, "the runtime did not connect").await;
+            }
         };
         let (read_half, mut writer) = stream.into_split();
         let mut reader = BufReader::new(read_half);
@@ -318,20 +328,12 @@ impl Instance {
         send(&mut writer, &init).await?;
         let received = tokio::select! {
             r = read_line(&mut reader, 1024 * 1024) => Some(r.map_err(Error::Control)?),
-            _ = tokio::time::sleep(driver.config.init_timeout) => None,
+            _ = tokio::time::sleep_until(deadline) => None,
         };
         let Some(received) = received else {
-            // Killed first: the log reader flushes what it holds back when the pipe closes.
-            pending.kill().await;
-            let logs = pending.logs.next_segment(SETTLE).await;
-            let error = platform_error(
-                error_types::TIMED_OUT,
-                format!(
-                    "loading handler {} took longer than {:?}",
-                    spec.handler, driver.config.init_timeout
-                ),
-            );
-            return Ok(Err(StartFailure { error, logs, duration: started.elapsed() }));
+            return pending
+                .start_timed_out(started, &spec.handler, driver.config.init_timeout)
+                .await;
         };
         let reply = match received {
             Received::Line(line) => serde_json::from_slice::<Reply>(&line).ok(),
@@ -530,6 +532,23 @@ struct Pending {
 impl Pending {
     async fn kill(&mut self) {
         kill_tree(&mut self.child, self.pid, self.cgroup.as_ref()).await;
+    }
+
+    /// The start ran past the init timeout: the instance is killed and the start is `TimedOut`.
+    async fn start_timed_out(
+        mut self,
+        started: Instant,
+        handler: &str,
+        limit: Duration,
+    ) -> Result<StartOutcome, Error> {
+        // Killed first: the log reader flushes what it holds back when the pipe closes.
+        self.kill().await;
+        let logs = self.logs.next_segment(SETTLE).await;
+        let error = platform_error(
+            error_types::TIMED_OUT,
+            format!("loading handler {handler} took longer than {limit:?}"),
+        );
+        Ok(Err(StartFailure { error, logs, duration: started.elapsed() }))
     }
 
     async fn failed_start(mut self, started: Instant, what: &str) -> Result<StartOutcome, Error> {
