@@ -110,7 +110,7 @@ impl Gateway {
         namespace: Option<String>,
         output: Output,
     ) -> Result<Self, CliError> {
-        let http = reqwest::Client::builder()
+        let http = kubefaas_core::http::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| CliError::Usage(format!("HTTP client: {e}")))?;

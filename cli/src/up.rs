@@ -111,6 +111,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             namespace: None,
             function_wait: Duration::from_secs(60),
             limits: Limits::default(),
+            code_download: kubefaas_operator::fetch::FetchConfig::default(),
         },
         signal(stopped.clone()),
     ));

@@ -2,6 +2,7 @@
 //!
 //! - [`code`]: function code as stored in its ConfigMap: one source file or a zip archive.
 //! - [`resources`]: the `Function` and `Invocation` custom resources and their CRDs.
+//! - [`http`]: outbound HTTP(S) clients with the platform's TLS set-up.
 //! - [`validation`]: the checks on those resources that the operator and the gateway both apply.
 //! - [`schema`]: structural-schema rules and validation of objects against a CRD schema.
 //! - [`runtime`]: the runtime catalogue.
@@ -18,6 +19,7 @@
 //! which hands back its `JoinHandle` (the redis client's own connection drivers aside).
 
 pub mod code;
+pub mod http;
 pub mod queue;
 pub mod resources;
 pub mod runtime;

@@ -172,7 +172,7 @@ impl KubernetesBackend {
         let backend = Arc::new(Self {
             client,
             config,
-            http: reqwest::Client::new(),
+            http: kubefaas_core::http::client_builder().build().unwrap_or_default(),
             functions: Mutex::default(),
             freed: Notify::new(),
         });

@@ -209,12 +209,50 @@ async fn obtain_code(
         }
         return Ok(Ok(Package::from_bytes(language, &spec.handler, bytes)));
     }
-    if spec.code.url.is_some() {
-        return Ok(Err(CodeProblem(
-            "spec.code.url is not supported yet; use inline, base64 or configMapRef".to_owned(),
-        )));
+    if let (Some(url), Some(sha256)) = (&spec.code.url, &spec.code.sha256) {
+        // Code already stored under this digest is the same code: no download on every resync
+        // or restart, and a server that has gone away does not fail a function it once served.
+        if let Some(bytes) = stored_code(function, namespace, ctx, sha256).await? {
+            return Ok(Ok(Package::from_bytes(language, &spec.handler, bytes)));
+        }
+        return Ok(match ctx.fetcher.fetch(url, sha256).await {
+            Ok(bytes) => Ok(Package::from_bytes(language, &spec.handler, bytes)),
+            Err(error) => Err(CodeProblem(format!("spec.code.url: {error}"))),
+        });
     }
     Ok(Err(CodeProblem("spec.code has no source".to_owned())))
+}
+
+/// The bytes in the function's own code ConfigMap, if they are the code with SHA-256 `sha256`.
+async fn stored_code(
+    function: &Function,
+    namespace: &str,
+    ctx: &Context,
+    sha256: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = code::config_map_name(&function.name_any());
+    let Some(config_map) = config_maps
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get code ConfigMap", format!("{namespace}/{name}")))?
+    else {
+        return Ok(None);
+    };
+    let ours = function
+        .uid()
+        .is_some_and(|uid| config_map.owner_references().iter().any(|owner| owner.uid == uid));
+    if !ours
+        || config_map.annotations().get(code::CHECKSUM_ANNOTATION).map(String::as_str)
+            != Some(sha256)
+    {
+        return Ok(None);
+    }
+    // The annotation is what the operator wrote; the bytes are checked again all the same.
+    Ok(Package::from_config_map(&config_map)
+        .ok()
+        .filter(|package| package.checksum() == sha256)
+        .map(|package| package.bytes().to_vec()))
 }
 
 /// Runtime pods of the function that are running (the `kubernetes` backend's warm instances);

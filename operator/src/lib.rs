@@ -16,6 +16,7 @@
 //!
 //! This crate must not run functions or touch the queue's consumer side: that is the executor.
 
+pub mod fetch;
 mod function;
 pub mod http;
 mod invocation;
@@ -45,7 +46,10 @@ use kubefaas_core::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
-use crate::metrics::Metrics;
+use crate::{
+    fetch::{CodeFetcher, FetchConfig, FetchError},
+    metrics::Metrics,
+};
 
 /// Everything the operator needs to start.
 #[derive(Clone, Debug)]
@@ -64,6 +68,9 @@ pub struct Config {
     pub function_wait: Duration,
     /// Platform bounds applied by validation.
     pub limits: Limits,
+    /// How `spec.code.url` is downloaded. Its `max_bytes` is raised to no more than
+    /// `limits.max_code_bytes`, the bound on code stored in a ConfigMap.
+    pub code_download: FetchConfig,
 }
 
 /// Why the operator stopped or a reconcile failed.
@@ -103,6 +110,9 @@ pub enum Error {
     /// Adding or removing the function finalizer failed.
     #[error("function finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The code downloader could not be set up.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     /// The HTTP endpoint could not be served.
     #[error("serving HTTP on {addr}: {source}")]
     Serve {
@@ -131,6 +141,7 @@ pub(crate) struct Context {
     pub(crate) queue: Queue,
     pub(crate) recorder: Recorder,
     pub(crate) limits: Limits,
+    pub(crate) fetcher: CodeFetcher,
     pub(crate) function_wait: Duration,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -159,6 +170,10 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let shutdown: Shared<futures::future::BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    let fetcher = CodeFetcher::new(&FetchConfig {
+        max_bytes: config.code_download.max_bytes.min(config.limits.max_code_bytes),
+        ..config.code_download.clone()
+    })?;
 
     let Backends { store, redis, queue } =
         connect(&config.database_url, &config.redis_url, &config.queue_prefix).await?;
@@ -175,6 +190,7 @@ pub async fn run_with_client(
         queue: queue.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         limits: config.limits.clone(),
+        fetcher,
         function_wait: config.function_wait,
         metrics: Arc::clone(&metrics),
     });

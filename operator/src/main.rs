@@ -1,11 +1,11 @@
 //! `kubefaas-operator`: parses flags, sets up logging and runs the operator until SIGTERM or
 //! Ctrl-C.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use kubefaas_core::validation::Limits;
-use kubefaas_operator::{Config, run};
+use kubefaas_operator::{Config, fetch::FetchConfig, run};
 use tracing_subscriber::EnvFilter;
 
 /// Reconciles kubefaas Function and Invocation resources.
@@ -30,6 +30,13 @@ struct Flags {
     /// Seconds an Invocation waits for its function to be ready before it fails.
     #[arg(long, env = "KUBEFAAS_FUNCTION_WAIT_SECONDS", default_value_t = 60)]
     function_wait_seconds: u64,
+    /// Seconds one download of `spec.code.url` may take, redirects and body included.
+    #[arg(long, env = "KUBEFAAS_CODE_DOWNLOAD_TIMEOUT_SECONDS", default_value_t = 60)]
+    code_download_timeout_seconds: u64,
+    /// PEM file of extra certificate authorities trusted for `spec.code.url` downloads, besides
+    /// the system's (for artifact servers with a private CA).
+    #[arg(long, env = "KUBEFAAS_CODE_CA_FILE")]
+    code_ca_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -40,6 +47,16 @@ async fn main() -> ExitCode {
         )
         .init();
     let flags = Flags::parse();
+    let extra_ca_pem = match &flags.code_ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot read --code-ca-file");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let config = Config {
         database_url: flags.database_url,
         redis_url: flags.redis_url,
@@ -48,6 +65,11 @@ async fn main() -> ExitCode {
         namespace: flags.namespace,
         function_wait: Duration::from_secs(flags.function_wait_seconds),
         limits: Limits::default(),
+        code_download: FetchConfig {
+            timeout: Duration::from_secs(flags.code_download_timeout_seconds),
+            extra_ca_pem,
+            ..FetchConfig::default()
+        },
     };
     match run(config, kubefaas_core::service::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -236,6 +236,15 @@ impl Platform {
         json
     }
 
+    /// Waits until the operator has looked at `object`'s current generation, then the object.
+    async fn wait_observed(&self, object: &str) -> Value {
+        let generation = self.get(object).await["metadata"]["generation"].clone();
+        let timeout = format!("--timeout={}s", PATIENCE.as_secs());
+        let condition = format!("--for=jsonpath={{.status.observedGeneration}}={generation}");
+        self.kubectl_ok(&["wait", object, &condition, &timeout]).await;
+        self.get(object).await
+    }
+
     async fn get(&self, object: &str) -> Value {
         serde_json::from_str(&self.kubectl_ok(&["get", object, "-o", "json"]).await).unwrap()
     }
@@ -400,18 +409,8 @@ async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
             "",
         ))
         .await;
-    let mut updated = false;
-    for _ in 0..100 {
-        let function = platform.get("function/hello").await;
-        if function["status"]["observedGeneration"] == function["metadata"]["generation"]
-            && function["status"]["phase"] == "Ready"
-        {
-            updated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(updated, "the edited function never became ready");
+    let edited = platform.wait_observed("function/hello").await;
+    assert_eq!(edited["status"]["phase"], "Ready", "{}", edited["status"]);
     platform.invoke("hello-twice", "hello", "{name: kubefaas}").await;
     let edited = platform.wait_phase("invocation/hello-twice", "Succeeded").await;
     assert_eq!(edited["status"]["result"]["message"], "Bonjour, kubefaas!");
@@ -483,6 +482,86 @@ async fn an_invocation_survives_the_death_of_its_executor_and_runs_once() {
     let done = platform.wait_phase("invocation/slow-once", "Succeeded").await;
     assert_eq!(done["status"]["result"]["slept"], 4);
     assert_eq!(done["status"]["attempts"], 2, "the takeover is the second attempt, and the last");
+}
+
+/// Serves files over plain HTTP from a map the test changes; anything else is 404.
+#[derive(Clone, Default)]
+struct CodeServer {
+    files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+}
+
+impl CodeServer {
+    /// Starts serving; the address is `http://127.0.0.1:<port>`.
+    async fn start(&self) -> String {
+        let files = self.files.clone();
+        let site = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let found = files.lock().unwrap().get(uri.path()).cloned();
+            async move { found.ok_or(axum::http::StatusCode::NOT_FOUND) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, site).await });
+        format!("http://{addr}")
+    }
+
+    fn put(&self, path: &str, body: &str) -> String {
+        use sha2::Digest;
+        self.files.lock().unwrap().insert(path.to_owned(), body.as_bytes().to_vec());
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    }
+
+    fn clear(&self) {
+        self.files.lock().unwrap().clear();
+    }
+}
+
+fn url_function(name: &str, url: &str, sha256: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: kubefaas.io/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: python\n  handler: main.handler\n  code:\n    url: {url}\n    sha256: {sha256:?}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_from_a_url_is_downloaded_once_checked_against_its_digest_and_run() {
+    let platform = Platform::start().await;
+    let server = CodeServer::default();
+    let base = server.start().await;
+
+    // The address carries a credential, as signed URLs do.
+    let v1 = server.put("/v1/main.py", "def handler(event, context):\n    return {'v': 1}\n");
+    let v1_url = format!("{base}/v1/main.py?token=s3cret");
+    platform.apply(&url_function("fetched", &v1_url, &v1, "")).await;
+    let ready = platform.wait_phase("function/fetched", "Ready").await;
+    assert_eq!(ready["status"]["codeChecksum"], v1.as_str());
+    platform.invoke("fetched-1", "fetched", "{}").await;
+    let done = platform.wait_phase("invocation/fetched-1", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["v"], 1);
+
+    // With the server gone, a change that is not the code keeps the stored code: no download.
+    server.clear();
+    platform.apply(&url_function("fetched", &v1_url, &v1, "  timeoutSeconds: 20\n")).await;
+    let kept = platform.wait_observed("function/fetched").await;
+    assert_eq!(kept["status"]["phase"], "Ready", "{}", kept["status"]);
+    assert_eq!(kept["status"]["codeChecksum"], v1.as_str());
+
+    // A download that is not what the digest says is refused; the credential stays hidden.
+    server.put("/v1/main.py", "def handler(event, context):\n    return {'v': 'tampered'}\n");
+    platform.apply(&url_function("tampered", &v1_url, &v1, "")).await;
+    let refused = platform.wait_phase("function/tampered", "Failed").await;
+    let message = refused["status"]["message"].as_str().unwrap();
+    assert!(message.contains("SHA-256") && message.contains(&v1), "{message}");
+    assert!(!message.contains("s3cret"), "the credential leaked: {message}");
+    assert_eq!(refused["status"]["conditions"][0]["reason"], "CodeUnavailable");
+
+    // New code at a new address with its digest replaces the old.
+    let v2 = server.put("/v2/main.py", "def handler(event, context):\n    return {'v': 2}\n");
+    platform.apply(&url_function("fetched", &format!("{base}/v2/main.py"), &v2, "")).await;
+    let updated = platform.wait_observed("function/fetched").await;
+    assert_eq!(updated["status"]["phase"], "Ready", "{}", updated["status"]);
+    assert_eq!(updated["status"]["codeChecksum"], v2.as_str());
+    platform.invoke("fetched-2", "fetched", "{}").await;
+    let done = platform.wait_phase("invocation/fetched-2", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["v"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,10 @@ pub struct FunctionCode {
     pub config_map_ref: Option<ConfigMapKeyRef>,
 
     /// HTTP(S) address the code (a single file or a zip archive) is downloaded from. Requires
-    /// `sha256`.
+    /// `sha256`. The operator downloads it once, checks the digest and stores the code in the
+    /// function's code ConfigMap, so it is bounded by the same size as inline code; runtime pods
+    /// never reach the address. Credentials in the query string stay out of status messages.
+    /// A failed download leaves the function `Failed` (reason `CodeUnavailable`) and is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
