@@ -65,10 +65,6 @@ impl Platform {
         Self::start_with(env("REDIS_URL"), false).await
     }
 
-    async fn start_with_redis(redis_url: String) -> Self {
-        Self::start_with(redis_url, false).await
-    }
-
     /// `kubernetes`: the apiserver runs its node agent and the executor runs invocations in pods.
     async fn start_with(redis_url: String, kubernetes: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
@@ -800,12 +796,16 @@ async fn wait_finished(
     }
 }
 
+/// 200 invocations, run in runtime pods of the node agent (the kubernetes backend, as `kubefaas
+/// up` runs them), through an executor SIGKILL, an operator kill and a Redis restart with its
+/// data wiped. Each function run appends its invocation id to a file, so executions are counted,
+/// not inferred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
     const COUNT: usize = 200;
     let scratch = std::env::temp_dir().join(format!("kubefaas-faults-{}", Uuid::new_v4().simple()));
     let mut redis = PrivateRedis::start(scratch.join("redis")).await;
-    let mut platform = Platform::start_with_redis(redis.url()).await;
+    let mut platform = Platform::start_with(redis.url(), true).await;
     let executions = platform.dir.join("executions");
     platform
         .apply(&function(
