@@ -37,25 +37,17 @@ async fn kubectl(kubeconfig: &PathBuf, args: &[&str]) -> String {
 async fn up_runs_the_platform_until_sigterm() {
     let dir = std::env::temp_dir().join(format!("kubefaas-up-{}", Uuid::new_v4().simple()));
     let kubeconfig = dir.join("kubeconfig");
-    let schema = format!("up_{}", Uuid::new_v4().simple());
-    let admin = kubefaas_core::store::Store::connect(&kubefaas_core::store::StoreConfig::new(env(
-        "DATABASE_URL",
-    )))
+    let database_url = kubefaas_core::store::create_schema(
+        &env("DATABASE_URL"),
+        &format!("up_{}", Uuid::new_v4().simple()),
+    )
     .await
     .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    let separator = if env("DATABASE_URL").contains('?') { '&' } else { '?' };
 
     let mut up = Command::new(env!("CARGO_BIN_EXE_kubefaas"))
         .args(["up", "--api-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
-        .env(
-            "DATABASE_URL",
-            format!("{}{separator}options=-c%20search_path%3D{schema}", env("DATABASE_URL")),
-        )
+        .env("DATABASE_URL", &database_url)
         .env("REDIS_URL", env("REDIS_URL"))
         .env("KUBEFAAS_QUEUE_PREFIX", format!("up-{}", Uuid::new_v4().simple()))
         .stdout(Stdio::piped())

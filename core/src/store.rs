@@ -74,6 +74,11 @@ pub enum StoreError {
     /// The caller asked for a transition the lifecycle does not have.
     #[error("{0}")]
     InvalidTransition(String),
+    /// A schema name that is not a plain lower-case identifier.
+    #[error(
+        "schema name {0:?}: use 1 to 63 lower-case letters, digits and '_', not starting with a digit"
+    )]
+    InvalidSchema(String),
 }
 
 /// Result of store operations.
@@ -107,6 +112,28 @@ impl StoreConfig {
             schema: None,
         }
     }
+}
+
+/// Creates `schema` on the server at `url` if it does not exist, and returns `url` with every
+/// connection's `search_path` set to it: stores, and processes given the URL, that share one
+/// database but none of its tables. The tests give each test its own schema this way.
+pub async fn create_schema(url: &str, schema: &str) -> Result<String> {
+    let valid = (1..=63).contains(&schema.len())
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err(StoreError::InvalidSchema(schema.to_owned()));
+    }
+    let admin =
+        Store::connect(&StoreConfig { max_connections: 1, ..StoreConfig::new(url) }).await?;
+    // The name was checked above to be a plain identifier.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+        .execute(admin.pool())
+        .await
+        .map_err(query_error("create schema"))?;
+    admin.pool().close().await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{separator}options=-c%20search_path%3D{schema}"))
 }
 
 /// Handle on the kubefaas database. Cheap to clone; clones share one connection pool.

@@ -25,28 +25,24 @@ fn database_url() -> String {
 
 /// A schema of its own for one test, migrated.
 struct TestDb {
-    schema: String,
+    /// The URL that selects the schema.
+    url: String,
     store: Store,
 }
 
 impl TestDb {
     async fn new() -> Self {
         let schema = format!("test_{}", Uuid::new_v4().simple());
-        let admin = Store::connect(&StoreConfig::new(database_url()))
+        let url = kubefaas_core::store::create_schema(&database_url(), &schema)
             .await
-            .expect("connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(admin.pool())
-            .await
-            .expect("create test schema");
-        let store = Self::connect(&schema).await;
+            .expect("create a test schema on DATABASE_URL");
+        let store = Self::connect(&url).await;
         store.migrate().await.expect("migrate");
-        Self { schema, store }
+        Self { url, store }
     }
 
-    async fn connect(schema: &str) -> Store {
-        let mut config = StoreConfig::new(database_url());
-        config.schema = Some(schema.to_owned());
+    async fn connect(url: &str) -> Store {
+        let mut config = StoreConfig::new(url);
         config.max_connections = 20;
         Store::connect(&config).await.expect("connect to test schema")
     }
@@ -149,7 +145,7 @@ async fn claim_with_expired_lease(db: &TestDb, id: Uuid, owner: &str) -> Lease {
 #[tokio::test]
 async fn migrations_are_a_no_op_when_run_again_or_concurrently() {
     let db = TestDb::new().await;
-    let others = join_all((0..4).map(|_| TestDb::connect(&db.schema))).await;
+    let others = join_all((0..4).map(|_| TestDb::connect(&db.url))).await;
     let runs = join_all(others.iter().map(Store::migrate)).await;
     for run in runs {
         run.expect("concurrent migrate");
@@ -444,7 +440,7 @@ async fn of_many_executors_claiming_one_invocation_exactly_one_wins() {
     let db = TestDb::new().await;
     let id = queued_invocation(&db).await;
     // Separate pools, so the claims really run on different connections at once.
-    let executors = join_all((0..12).map(|_| TestDb::connect(&db.schema))).await;
+    let executors = join_all((0..12).map(|_| TestDb::connect(&db.url))).await;
     let claims = join_all(executors.iter().enumerate().map(|(i, store)| async move {
         (
             format!("exec-{i}"),
@@ -577,7 +573,7 @@ async fn the_sweeper_finds_invocations_stuck_in_queued_once_per_sweep() {
     .await;
 
     // Two sweepers at once: the stuck row goes to exactly one of them.
-    let other = TestDb::connect(&db.schema).await;
+    let other = TestDb::connect(&db.url).await;
     let (a, b) = tokio::join!(
         db.store.stuck_queued(Duration::from_secs(60), 10),
         other.stuck_queued(Duration::from_secs(60), 10)
@@ -629,4 +625,15 @@ async fn impossible_requests_are_refused_with_a_reason() {
     assert!(err.to_string().contains("max_attempts"), "{err}");
     // Nothing was written for the refused request.
     assert_eq!(db.store.invocation(zero.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_schema_name_that_is_not_a_plain_identifier_is_refused_before_any_sql() {
+    for bad in ["", "9lives", "Upper", "drop table x; --", &"a".repeat(64)] {
+        let error = kubefaas_core::store::create_schema(&database_url(), bad).await.unwrap_err();
+        assert!(
+            matches!(error, kubefaas_core::store::StoreError::InvalidSchema(_)),
+            "{bad:?}: {error}"
+        );
+    }
 }

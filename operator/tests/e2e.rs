@@ -70,18 +70,8 @@ impl Platform {
         let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let schema = format!("e2e_{}", Uuid::new_v4().simple());
-        let admin = kubefaas_core::store::Store::connect(&kubefaas_core::store::StoreConfig::new(
-            env("DATABASE_URL"),
-        ))
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(admin.pool())
-            .await
-            .unwrap();
-        let separator = if env("DATABASE_URL").contains('?') { '&' } else { '?' };
         let database_url =
-            format!("{}{separator}options=-c%20search_path%3D{schema}", env("DATABASE_URL"));
+            kubefaas_core::store::create_schema(&env("DATABASE_URL"), &schema).await.unwrap();
 
         let mut platform = Self {
             dir,

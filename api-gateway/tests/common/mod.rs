@@ -7,7 +7,6 @@ pub(crate) mod platform;
 
 use std::{net::SocketAddr, time::Duration};
 
-use kubefaas_core::store::{Store, StoreConfig};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -28,14 +27,7 @@ pub(crate) fn env(name: &str) -> String {
 /// A fresh schema; returns the database URL that selects it.
 pub(crate) async fn fresh_database() -> String {
     let schema = format!("gw_{}", Uuid::new_v4().simple());
-    let admin = Store::connect(&StoreConfig::new(env("DATABASE_URL"))).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    let base = env("DATABASE_URL");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+    kubefaas_core::store::create_schema(&env("DATABASE_URL"), &schema).await.unwrap()
 }
 
 /// A response: status, headers (lower-case names) and body.
