@@ -19,7 +19,6 @@
 //! port was taken) or with [`run`]/[`run_with_client`].
 
 mod auth;
-mod cache;
 pub mod error;
 mod extract;
 mod metrics;
@@ -30,13 +29,14 @@ mod routes;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit, http::HeaderValue, middleware};
-use kube::Client;
+use kube::{Api, Client, runtime::watcher};
 use kubefaas_core::{
     queue::{Completions, Queue, QueueError},
     service::{Backends, ConnectError, connect},
     store::{Store, StoreConfig, StoreError},
     tokens::NewToken,
     validation::Limits,
+    watch::FunctionCache,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -45,7 +45,6 @@ pub use auth::RateLimit;
 
 use crate::{
     auth::{RateLimiter, Tokens},
-    cache::FunctionCache,
     metrics::Metrics,
 };
 
@@ -193,7 +192,8 @@ impl Gateway {
         let Backends { store, redis, queue } =
             connect(&config.database_url, &config.redis_url, &config.queue_prefix).await?;
         let (completions, listener_task) = Completions::start(redis, queue.keys()).await?;
-        let (functions, watch_task) = FunctionCache::start(client.clone());
+        let (functions, watch_task) =
+            FunctionCache::start(Api::all(client.clone()), watcher::Config::default());
         let watch_wait = Duration::from_secs(30);
         if !functions.ready(watch_wait).await {
             watch_task.abort();

@@ -146,9 +146,9 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
         }
         Backend::Local => (
             None,
-            tokio::spawn(kubefaas_executor::service::run_with(
+            tokio::spawn(kubefaas_executor::service::run_with_client(
                 executor_config,
-                kubefaas_executor::functions::KubeFunctions::new(client.clone()),
+                client.clone(),
                 signal(stopped.clone()),
             )),
         ),

@@ -11,12 +11,16 @@
 //! - [`tokens`]: the gateway's API tokens, stored as SHA-256 hashes.
 //! - [`queue`]: the Redis Streams invocation queue: claims, retries with backoff, reclaim of
 //!   abandoned work, dead letters, trimming, stats and completion notifications.
+//! - [`watch`]: watch-backed caches of Kubernetes objects (the `Function`s the gateway and the
+//!   executor read).
 //!
 //! This crate owns data shapes, the rules on them and the platform's use of PostgreSQL and
-//! Redis. It must not talk to the Kubernetes API or read configuration from the environment: the
-//! binaries decide that. It starts no background work behind the caller's back: its one task,
-//! the completion listener, is started by the caller through [`queue::Completions::start`],
-//! which hands back its `JoinHandle` (the redis client's own connection drivers aside).
+//! Redis. It must not write to the Kubernetes API or read configuration from the environment:
+//! the binaries decide that; its one use of the API is [`watch`], reading through a client the
+//! caller passes in. It starts no background work behind the caller's back: its tasks, the
+//! completion listener and the watches, are started by the caller through
+//! [`queue::Completions::start`] and [`watch::Cache::start`], which hand back their
+//! `JoinHandle`s (the redis client's own connection drivers aside).
 
 pub mod code;
 pub mod http;
@@ -28,3 +32,4 @@ pub mod service;
 pub mod store;
 pub mod tokens;
 pub mod validation;
+pub mod watch;

@@ -1,19 +1,33 @@
 //! Functions from the Kubernetes API: the `Function` resource for limits, scaling and retry
 //! policy, its code ConfigMap (written by the operator) for the code.
+//!
+//! Functions come from a watch ([`FunctionCache`]), so the warm path of an invocation costs no
+//! API round trip. The watch lags the API server, so a cached Function is trusted only when it
+//! is Ready for its current generation and has the row id the invocation was queued for;
+//! otherwise (a miss, a Function still being updated, one deleted and created again under the
+//! same name) the Function is read from the API server, as if there were no cache. A deleted
+//! Function stops resolving once the watch delivers the deletion.
+//!
+//! Code is not watched: the operator writes the ConfigMap before it reports the checksum in the
+//! Function's status, and the ConfigMap's checksum annotation says which code it holds, so the
+//! ConfigMap is read once per checksum and kept with the resolved function. (Watching every
+//! code ConfigMap would hold all code of the cluster in each executor's memory.)
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, ResourceExt, runtime::watcher};
 use kubefaas_core::{
     code::{self, Package},
     resources::{Function, FunctionPhase},
     runtime, validation,
+    watch::FunctionCache,
 };
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::{
@@ -21,61 +35,114 @@ use crate::{
     worker::{FunctionSource, ResolvedFunction, WorkerError},
 };
 
-/// Resolves functions through the Kubernetes API, caching each by the resource version of its
-/// `Function`, so a warm path costs one GET.
+/// Resolves functions through a watch of `Function`s, reading from the API server only when
+/// the watch has not caught up (see the module docs).
 pub struct KubeFunctions {
     client: Client,
-    /// By (namespace, name): the Function's resource version and what it resolved to.
-    cache: Mutex<HashMap<(String, String), Cached>>,
+    cache: FunctionCache,
+    /// By (namespace, name): what the function last resolved to.
+    resolved: Mutex<HashMap<(String, String), Resolved>>,
+    /// Functions read from the API server because the watch had not caught up.
+    fetched: std::sync::atomic::AtomicU64,
 }
 
-type Cached = (String, Arc<ResolvedFunction>);
+/// A resolved function and what it was resolved from.
+struct Resolved {
+    uid: Option<String>,
+    generation: Option<i64>,
+    checksum: String,
+    function: Arc<ResolvedFunction>,
+}
 
 impl std::fmt::Debug for KubeFunctions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeFunctions").finish_non_exhaustive()
+        f.debug_struct("KubeFunctions").field("cache", &self.cache).finish_non_exhaustive()
     }
 }
 
 impl KubeFunctions {
-    /// A source over `client`.
-    pub fn new(client: Client) -> Self {
-        Self { client, cache: Mutex::default() }
+    /// A source over `client`, watching the Functions of every namespace. The task keeps the
+    /// watch going until aborted; resolving works before the first listing arrives (every
+    /// function is then read from the API server).
+    pub fn start(client: Client) -> (Arc<Self>, JoinHandle<()>) {
+        let (cache, task) =
+            FunctionCache::start(Api::all(client.clone()), watcher::Config::default());
+        let functions = Arc::new(Self {
+            client,
+            cache,
+            resolved: Mutex::default(),
+            fetched: Default::default(),
+        });
+        (functions, task)
     }
-}
 
-fn failure(namespace: &str, name: &str, message: impl Into<String>) -> WorkerError {
-    WorkerError::Resolve {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        message: message.into(),
+    /// The watch-backed cache of Functions.
+    pub fn cache(&self) -> &FunctionCache {
+        &self.cache
     }
-}
 
-impl FunctionSource for KubeFunctions {
-    async fn resolve(
+    /// How many times a function was read from the API server because the watch had not
+    /// caught up with it (or it does not exist).
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn resolved(&self) -> MutexGuard<'_, HashMap<(String, String), Resolved>> {
+        self.resolved.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached Function, resolved, when the cache can be trusted with it: Ready for its
+    /// current generation, and of row id `id` when one is expected.
+    pub async fn resolve_cached(
+        &self,
+        namespace: &str,
+        name: &str,
+        id: Option<Uuid>,
+    ) -> Option<Arc<ResolvedFunction>> {
+        let function = self.cache.get(namespace, name)?;
+        let ready = function.readiness();
+        if !matches!(ready, kubefaas_core::resources::Readiness::Ready(ready) if id.is_none_or(|id| id == ready))
+        {
+            return None;
+        }
+        self.build(namespace, name, &function).await.ok()
+    }
+
+    /// Reads the function from the API server. `None` when it does not exist or is being
+    /// deleted.
+    pub async fn fetch(
         &self,
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<ResolvedFunction>>, WorkerError> {
+        self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let functions: Api<Function> = Api::namespaced(self.client.clone(), namespace);
-        let Some(function) =
-            functions.get_opt(name).await.map_err(|e| failure(namespace, name, e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        if function.metadata.deletion_timestamp.is_some() {
-            return Ok(None);
+        let function =
+            functions.get_opt(name).await.map_err(|e| failure(namespace, name, e.to_string()))?;
+        match function {
+            Some(function) if function.metadata.deletion_timestamp.is_none() => {
+                self.build(namespace, name, &function).await.map(Some)
+            }
+            _ => {
+                self.forget(namespace, name);
+                Ok(None)
+            }
         }
-        let version = function.resource_version().unwrap_or_default();
-        let key = (namespace.to_owned(), name.to_owned());
-        if let Some((cached_version, resolved)) =
-            self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
-            && *cached_version == version
-        {
-            return Ok(Some(Arc::clone(resolved)));
-        }
+    }
 
+    /// Drops what is kept of the function `namespace/name`.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.resolved().remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// `function` resolved, reusing what was resolved for its generation and code before and
+    /// reading the code ConfigMap when its checksum is new.
+    async fn build(
+        &self,
+        namespace: &str,
+        name: &str,
+        function: &Function,
+    ) -> Result<Arc<ResolvedFunction>, WorkerError> {
         let status = function.status.clone().unwrap_or_default();
         let current = status.phase == Some(FunctionPhase::Ready)
             && status.observed_generation == function.metadata.generation;
@@ -90,11 +157,49 @@ impl FunctionSource for KubeFunctions {
         let id = Uuid::parse_str(id).map_err(|_| {
             failure(namespace, name, format!("status.functionId {id:?} is not a UUID"))
         })?;
+        let key = (namespace.to_owned(), name.to_owned());
+        let (uid, generation) = (function.uid(), function.metadata.generation);
+        let known_code = {
+            let resolved = self.resolved();
+            match resolved.get(&key) {
+                Some(known) if known.uid == uid && known.checksum == checksum => {
+                    if known.generation == generation {
+                        return Ok(Arc::clone(&known.function));
+                    }
+                    Some(known.function.spec.code.clone())
+                }
+                _ => None,
+            }
+        };
+        let code = match known_code {
+            Some(code) => code,
+            None => self.read_code(namespace, name, checksum).await?,
+        };
+        let resolved = Arc::new(
+            resolved_function(function, id, code).map_err(|e| failure(namespace, name, e))?,
+        );
+        self.resolved().insert(
+            key,
+            Resolved {
+                uid,
+                generation,
+                checksum: checksum.to_owned(),
+                function: Arc::clone(&resolved),
+            },
+        );
+        Ok(resolved)
+    }
 
+    /// The code of the function from its ConfigMap, which must hold `checksum`.
+    async fn read_code(
+        &self,
+        namespace: &str,
+        name: &str,
+        checksum: &str,
+    ) -> Result<Code, WorkerError> {
         let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
-        let config_map_name = code::config_map_name(name);
         let config_map = config_maps
-            .get(&config_map_name)
+            .get(&code::config_map_name(name))
             .await
             .map_err(|e| failure(namespace, name, format!("code ConfigMap: {e}")))?;
         if config_map.annotations().get(code::CHECKSUM_ANNOTATION).map(String::as_str)
@@ -106,16 +211,36 @@ impl FunctionSource for KubeFunctions {
                 "code ConfigMap does not hold the current code yet",
             ));
         }
-        let package = Package::from_config_map(&config_map)
-            .map_err(|e| failure(namespace, name, e.to_string()))?;
-        let resolved = Arc::new(
-            resolved_function(&function, id, package).map_err(|e| failure(namespace, name, e))?,
-        );
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, (version, Arc::clone(&resolved)));
-        Ok(Some(resolved))
+        Ok(
+            match Package::from_config_map(&config_map)
+                .map_err(|e| failure(namespace, name, e.to_string()))?
+            {
+                Package::File { name, contents } => Code::File { name, contents },
+                Package::Zip(bytes) => Code::Zip(bytes),
+            },
+        )
+    }
+}
+
+fn failure(namespace: &str, name: &str, message: impl Into<String>) -> WorkerError {
+    WorkerError::Resolve {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl FunctionSource for Arc<KubeFunctions> {
+    async fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        id: Uuid,
+    ) -> Result<Option<Arc<ResolvedFunction>>, WorkerError> {
+        if let Some(resolved) = self.resolve_cached(namespace, name, Some(id)).await {
+            return Ok(Some(resolved));
+        }
+        self.fetch(namespace, name).await
     }
 }
 
@@ -123,15 +248,11 @@ impl FunctionSource for KubeFunctions {
 pub fn resolved_function(
     function: &Function,
     id: Uuid,
-    package: Package,
+    code: Code,
 ) -> Result<ResolvedFunction, String> {
     let spec = &function.spec;
     let runtime = runtime::lookup(&spec.runtime)
         .ok_or_else(|| format!("unknown runtime {:?}", spec.runtime))?;
-    let code = match package {
-        Package::File { name, contents } => Code::File { name, contents },
-        Package::Zip(bytes) => Code::Zip(bytes),
-    };
     let mut driver_spec =
         FunctionSpec::new(function.name_any(), runtime.language, spec.handler.clone(), code)
             .map_err(|e| e.to_string())?;

@@ -7,8 +7,9 @@
 //! Pods are reused while warm, created up to `maxInstances` when all are busy, reaped after
 //! `idleTimeoutSeconds` down to `minWarm`, and replaced when the function's code or settings
 //! change. A container the kubelet reports `OOMKilled` during an invocation makes it fail with
-//! `OutOfMemory`. `minWarm` pods are started once the function has been invoked on this executor
-//! (not ahead of its first invocation).
+//! `OutOfMemory`. `minWarm` pods are started as soon as the Function is Ready, ahead of its first
+//! invocation, and retired when it is deleted ([`crate::warm`] drives both from the watch of
+//! Functions); `minWarm` counts per executor, so each executor keeps that many.
 //!
 //! The backend knows its pods from memory only. Each pod carries the executor's name as a label,
 //! and an executor starting under a name deletes the pods labelled with it (a restart with the
@@ -39,7 +40,7 @@ use crate::{
     Invocation, Metrics, Request,
     error::{error_types, platform_error},
     watchdog::{InvokeResponse, env},
-    worker::{Backend, ResolvedFunction},
+    worker::{Backend, ResolvedFunction, WarmInstances},
 };
 
 /// Labels and names of the pods this backend makes.
@@ -125,17 +126,53 @@ struct Slot {
     last_used: Instant,
     /// The container's restart count when it became ready (a higher one means it died).
     restarts: i32,
+    /// The pod runs outdated code or settings, or its function was deleted: it is deleted
+    /// when released.
+    stale: bool,
 }
 
 /// The pods of one function.
 #[derive(Debug, Default)]
 struct FunctionPods {
-    /// The function as last invoked, to keep `minWarm` pods of it.
+    /// The function as last invoked or kept warm, to keep `minWarm` pods of it.
     function: Option<Arc<ResolvedFunction>>,
     fingerprint: u64,
     slots: Vec<Slot>,
     min_warm: usize,
     idle_timeout: Duration,
+}
+
+impl FunctionPods {
+    /// Takes on `function`'s settings. When its code or settings changed, idle pods are
+    /// removed (returned, to be deleted) and busy ones marked stale (deleted when released).
+    fn update(&mut self, function: &Arc<ResolvedFunction>) -> Vec<String> {
+        self.function = Some(Arc::clone(function));
+        self.min_warm = function.scaling.min_warm;
+        self.idle_timeout = function.scaling.idle_timeout;
+        let print = fingerprint(function);
+        let mut stale = Vec::new();
+        if self.fingerprint != print {
+            self.fingerprint = print;
+            self.slots.retain(|s| {
+                if !s.busy {
+                    stale.push(s.name.clone());
+                }
+                s.busy
+            });
+            for slot in &mut self.slots {
+                slot.stale = true;
+            }
+        }
+        stale
+    }
+
+    /// Reserves placeholders for the pods missing to `minWarm` (counting those starting).
+    fn missing_warm(&mut self) -> Vec<String> {
+        let Some(function) = &self.function else { return Vec::new() };
+        let wanted = self.min_warm.min(function.scaling.max_instances.max(1));
+        let live = self.slots.iter().filter(|s| !s.stale).count();
+        (live..wanted).map(|_| placeholder(&mut self.slots, false)).collect()
+    }
 }
 
 /// Runs invocations on runtime pods (see the module docs).
@@ -194,7 +231,7 @@ impl KubernetesBackend {
                 tick.tick().await;
                 let Some(backend) = reaper.upgrade() else { return };
                 backend.reap().await;
-                backend.keep_warm();
+                backend.top_up();
             }
         });
         backend
@@ -232,37 +269,40 @@ impl KubernetesBackend {
         }
     }
 
-    /// Starts pods for functions with fewer than `minWarm` (counting those starting).
-    fn keep_warm(self: &Arc<Self>) {
+    /// Starts pods for functions with fewer than `minWarm` (counting those starting), in the
+    /// background.
+    fn top_up(self: &Arc<Self>) {
         let mut wanted = Vec::new();
         {
             let mut functions = self.lock();
             for ((namespace, _), pods) in functions.iter_mut() {
                 let Some(function) = pods.function.clone() else { continue };
-                let live = pods.slots.iter().filter(|s| s.restarts != STALE).count();
-                for _ in live..pods.min_warm.min(function.scaling.max_instances.max(1)) {
-                    let placeholder = placeholder(&mut pods.slots, false);
+                for placeholder in pods.missing_warm() {
                     wanted.push((namespace.clone(), Arc::clone(&function), placeholder));
                 }
             }
         }
         for (namespace, function, placeholder) in wanted {
             let backend = Arc::clone(self);
-            tokio::spawn(async move {
-                let started = backend.start_pod(&namespace, &function).await;
-                backend.fill(
-                    &namespace,
-                    &function.spec.name,
-                    &placeholder,
-                    started.as_ref(),
-                    false,
-                );
-            });
+            tokio::spawn(
+                async move { backend.start_warm(&namespace, &function, &placeholder).await },
+            );
+        }
+    }
+
+    /// Starts a warm pod in place of `placeholder`.
+    async fn start_warm(&self, namespace: &str, function: &ResolvedFunction, placeholder: &str) {
+        let started = self.start_pod(namespace, function).await;
+        let placed =
+            self.fill(namespace, &function.spec.name, placeholder, started.as_ref(), false);
+        if let (false, Ok((pod, _, _))) = (placed, &started) {
+            self.delete_pod(namespace, pod).await;
         }
     }
 
     /// Puts a started pod in place of its placeholder, or removes the placeholder (and the
-    /// whole function, when it is gone) if it failed.
+    /// whole function, when it is gone) if it failed. Returns whether the pod was put in place:
+    /// not when its placeholder went meanwhile (the function changed or was retired).
     fn fill(
         &self,
         namespace: &str,
@@ -270,33 +310,40 @@ impl KubernetesBackend {
         placeholder: &str,
         started: Result<&(String, String, i32), &KubernetesError>,
         busy: bool,
-    ) {
+    ) -> bool {
         let key = (namespace.to_owned(), function.to_owned());
         match started {
             Ok((name, url, restarts)) => {
                 let (name, url, restarts) = (name.clone(), url.clone(), *restarts);
-                if let Some(slot) = self
+                let placed = match self
                     .lock()
                     .get_mut(&key)
                     .and_then(|p| p.slots.iter_mut().find(|s| s.name == placeholder))
                 {
-                    slot.name = name;
-                    slot.url = Some(url);
-                    slot.restarts = restarts;
-                    slot.busy = busy;
-                    slot.last_used = Instant::now();
-                }
+                    Some(slot) => {
+                        slot.name = name;
+                        slot.url = Some(url);
+                        slot.restarts = restarts;
+                        slot.busy = busy;
+                        slot.last_used = Instant::now();
+                        true
+                    }
+                    None => false,
+                };
                 self.freed.notify_waiters();
+                placed
             }
             Err(KubernetesError::GetFunction(_, kube::Error::Api(e))) if e.code == 404 => {
                 self.lock().remove(&key);
                 self.freed.notify_waiters();
+                false
             }
             Err(error) => {
                 if !busy {
                     tracing::warn!(%namespace, %function, %error, "starting a warm pod failed");
                 }
                 self.forget(&key, placeholder);
+                false
             }
         }
     }
@@ -319,38 +366,23 @@ impl KubernetesBackend {
         function: &Arc<ResolvedFunction>,
     ) -> Result<(String, String, i32, bool), KubernetesError> {
         let key = (namespace.to_owned(), function.spec.name.clone());
-        let print = fingerprint(function);
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let mut stale = Vec::new();
+            let stale;
             let create = {
                 let mut functions = self.lock();
                 let pods = functions.entry(key.clone()).or_default();
-                pods.function = Some(Arc::clone(function));
-                pods.min_warm = function.scaling.min_warm;
-                pods.idle_timeout = function.scaling.idle_timeout;
-                if pods.fingerprint != print {
-                    // New code or settings: idle pods go now, busy ones when released.
-                    pods.fingerprint = print;
-                    pods.slots.retain(|s| {
-                        if !s.busy {
-                            stale.push(s.name.clone());
-                        }
-                        s.busy
-                    });
-                    for slot in &mut pods.slots {
-                        slot.restarts = STALE;
-                    }
-                }
+                // New code or settings: idle pods go now, busy ones when released.
+                stale = pods.update(function);
                 if let Some(slot) = pods.slots.iter_mut().find(|s| !s.busy && s.url.is_some()) {
                     slot.busy = true;
                     let url = slot.url.clone().unwrap_or_default();
                     return Ok((slot.name.clone(), url, slot.restarts, false));
                 }
-                let live = pods.slots.iter().filter(|s| s.restarts != STALE).count();
+                let live = pods.slots.iter().filter(|s| !s.stale).count();
                 if live < function.scaling.max_instances.max(1) {
                     Some(placeholder(&mut pods.slots, true))
                 } else {
@@ -384,14 +416,18 @@ impl KubernetesBackend {
         let key = (namespace.to_owned(), function.to_owned());
         let delete = {
             let mut functions = self.lock();
-            let Some(slot) =
-                functions.get_mut(&key).and_then(|p| p.slots.iter_mut().find(|s| s.name == name))
-            else {
-                return;
-            };
-            slot.busy = false;
-            slot.last_used = Instant::now();
-            broken || slot.restarts == STALE
+            functions.get_mut(&key).and_then(|p| p.slots.iter_mut().find(|s| s.name == name)).map(
+                |slot| {
+                    slot.busy = false;
+                    slot.last_used = Instant::now();
+                    broken || slot.stale
+                },
+            )
+        };
+        let Some(delete) = delete else {
+            // Its function was retired while it ran.
+            self.delete_pod(namespace, name).await;
+            return;
         };
         if delete {
             self.forget(&key, name);
@@ -509,9 +545,6 @@ impl KubernetesBackend {
     }
 }
 
-/// The restart count of a slot whose pod runs outdated code or settings: deleted on release.
-const STALE: i32 = i32::MIN;
-
 /// Reserves a place for a pod that is starting; returns its placeholder name.
 fn placeholder(slots: &mut Vec<Slot>, busy: bool) -> String {
     let name = format!("starting-{}", uuid::Uuid::new_v4().simple());
@@ -521,6 +554,7 @@ fn placeholder(slots: &mut Vec<Slot>, busy: bool) -> String {
         busy,
         last_used: Instant::now(),
         restarts: 0,
+        stale: false,
     });
     name
 }
@@ -536,6 +570,66 @@ const UNRECOVERABLE: &[&str] = &[
 
 impl Backend for Arc<KubernetesBackend> {
     type Error = KubernetesError;
+
+    async fn keep_warm(&self, namespace: &str, function: &Arc<ResolvedFunction>) {
+        let (stale, placeholders) = {
+            let mut functions = self.lock();
+            let pods =
+                functions.entry((namespace.to_owned(), function.spec.name.clone())).or_default();
+            (pods.update(function), pods.missing_warm())
+        };
+        for name in stale {
+            self.delete_pod(namespace, &name).await;
+        }
+        futures::future::join_all(
+            placeholders
+                .iter()
+                .map(|placeholder| self.start_warm(namespace, function, placeholder)),
+        )
+        .await;
+    }
+
+    async fn retire(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        let idle = {
+            let mut functions = self.lock();
+            let Some(pods) = functions.get_mut(&key) else { return };
+            let mut idle = Vec::new();
+            pods.slots.retain(|s| {
+                if !s.busy && s.url.is_some() {
+                    idle.push(s.name.clone());
+                }
+                s.busy
+            });
+            // Busy pods are deleted when released; pods still starting when they are filled
+            // in (their placeholders are gone).
+            for slot in &mut pods.slots {
+                slot.stale = true;
+            }
+            if pods.slots.is_empty() {
+                functions.remove(&key);
+            } else {
+                pods.function = None;
+                pods.min_warm = 0;
+            }
+            idle
+        };
+        self.freed.notify_waiters();
+        for pod in idle {
+            self.delete_pod(namespace, &pod).await;
+        }
+    }
+
+    fn warm_instances(&self) -> Vec<WarmInstances> {
+        self.lock()
+            .iter()
+            .map(|((namespace, function), pods)| WarmInstances {
+                namespace: namespace.clone(),
+                function: function.clone(),
+                instances: pods.slots.iter().filter(|s| s.url.is_some() && !s.stale).count(),
+            })
+            .collect()
+    }
 
     async fn invoke(
         &self,

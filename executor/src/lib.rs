@@ -11,8 +11,9 @@
 //! What the local sandbox does and does not protect against is written down in `SANDBOX.md`
 //! next to this crate. The driver modules do not talk to Postgres, Redis or the Kubernetes API;
 //! the [`worker`] (the queue consumer, over a [`worker::Backend`]: the local [`Pool`] or
-//! [`kubernetes`] runtime pods invoked over HTTP), [`functions`] (functions from the Kubernetes
-//! API) and [`service`] (the `kubefaas-executor` binary's body) do.
+//! [`kubernetes`] runtime pods invoked over HTTP), [`functions`] (functions from a watch of the
+//! Kubernetes API), [`warm`] (instances kept warm ahead of invocations as Functions come and
+//! go) and [`service`] (the `kubefaas-executor` binary's body) do.
 
 mod code;
 mod driver;
@@ -27,6 +28,7 @@ mod process;
 mod runtime;
 pub mod sandbox;
 pub mod service;
+pub mod warm;
 pub mod watchdog;
 pub mod worker;
 

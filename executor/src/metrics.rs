@@ -1,7 +1,10 @@
-//! Prometheus metrics of the executor: invocations by status, durations, cold starts, and the
-//! queue's depth and lag.
+//! Prometheus metrics of the executor: invocations by status, durations, cold starts, the
+//! queue's depth and lag, and warm instances per function.
 
-use std::sync::atomic::AtomicU64;
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -18,8 +21,21 @@ use kubefaas_core::queue::QueueStats;
 
 use crate::{
     Invocation,
-    worker::{Handled, WorkerObserver},
+    worker::{Handled, WarmInstances, WorkerObserver},
 };
+
+/// Most functions with a warm-instances series of their own; the instances of the others are
+/// summed under [`OTHER_FUNCTIONS`], so the series stay bounded however many functions run.
+pub const MAX_WARM_SERIES: usize = 100;
+
+/// The `function` label of the instances of functions beyond [`MAX_WARM_SERIES`].
+pub const OTHER_FUNCTIONS: &str = "_other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    namespace: String,
+    function: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -40,6 +56,9 @@ pub struct ExecutorMetrics {
     queue_delayed: Gauge,
     dead_letters: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
+    warm_instances: Family<FunctionLabels, Gauge>,
+    /// The series of `warm_instances` last set, so those of functions gone are removed.
+    warm_series: Mutex<HashSet<FunctionLabels>>,
 }
 
 impl Default for ExecutorMetrics {
@@ -56,6 +75,8 @@ impl Default for ExecutorMetrics {
             queue_delayed: Gauge::default(),
             dead_letters: Gauge::default(),
             oldest_age: Gauge::default(),
+            warm_instances: Family::default(),
+            warm_series: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -103,6 +124,11 @@ impl Default for ExecutorMetrics {
             "Age of the oldest job not yet delivered",
             metrics.oldest_age.clone(),
         );
+        registry.register(
+            "warm_instances",
+            "Started instances (idle or busy) per function on this executor",
+            metrics.warm_instances.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
@@ -119,6 +145,44 @@ impl ExecutorMetrics {
         set(&self.queue_delayed, stats.delayed);
         set(&self.dead_letters, stats.dead_letters);
         self.oldest_age.set(stats.oldest_undelivered_age_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+
+    /// Records the backend's warm instances. Functions without instances have no series; past
+    /// [`MAX_WARM_SERIES`] functions (the busiest first) the rest are summed.
+    pub fn warm_instances(&self, warm: &[WarmInstances]) {
+        let mut warm: Vec<&WarmInstances> = warm.iter().filter(|w| w.instances > 0).collect();
+        warm.sort_by(|a, b| {
+            b.instances
+                .cmp(&a.instances)
+                .then_with(|| (&a.namespace, &a.function).cmp(&(&b.namespace, &b.function)))
+        });
+        let mut series: Vec<(FunctionLabels, usize)> = warm
+            .iter()
+            .take(MAX_WARM_SERIES)
+            .map(|w| {
+                let labels =
+                    FunctionLabels { namespace: w.namespace.clone(), function: w.function.clone() };
+                (labels, w.instances)
+            })
+            .collect();
+        let others: usize = warm.iter().skip(MAX_WARM_SERIES).map(|w| w.instances).sum();
+        if others > 0 {
+            let labels =
+                FunctionLabels { namespace: String::new(), function: OTHER_FUNCTIONS.to_owned() };
+            series.push((labels, others));
+        }
+        let mut shown = self.warm_series.lock().unwrap_or_else(PoisonError::into_inner);
+        let now: HashSet<FunctionLabels> =
+            series.iter().map(|(labels, _)| labels.clone()).collect();
+        for gone in shown.difference(&now) {
+            self.warm_instances.remove(gone);
+        }
+        for (labels, instances) in &series {
+            self.warm_instances
+                .get_or_create(labels)
+                .set(i64::try_from(*instances).unwrap_or(i64::MAX));
+        }
+        *shown = now;
     }
 
     /// The Prometheus text exposition of every metric.
@@ -150,5 +214,55 @@ impl WorkerObserver for std::sync::Arc<ExecutorMetrics> {
                 self.cold_starts.inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warm(function: &str, instances: usize) -> WarmInstances {
+        WarmInstances { namespace: "team".into(), function: function.into(), instances }
+    }
+
+    fn series(metrics: &ExecutorMetrics) -> Vec<String> {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("kubefaas_executor_warm_instances{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn warm_instances_have_a_series_per_function_until_the_function_has_none() {
+        let metrics = ExecutorMetrics::default();
+        metrics.warm_instances(&[warm("a", 2), warm("b", 1), warm("idle", 0)]);
+        assert_eq!(
+            series(&metrics),
+            [
+                r#"kubefaas_executor_warm_instances{namespace="team",function="a"} 2"#,
+                r#"kubefaas_executor_warm_instances{namespace="team",function="b"} 1"#,
+            ]
+        );
+        metrics.warm_instances(&[warm("b", 3)]);
+        assert_eq!(
+            series(&metrics),
+            [r#"kubefaas_executor_warm_instances{namespace="team",function="b"} 3"#]
+        );
+    }
+
+    #[test]
+    fn warm_instances_past_the_series_bound_are_summed() {
+        let metrics = ExecutorMetrics::default();
+        let many: Vec<WarmInstances> =
+            (0..MAX_WARM_SERIES + 5).map(|i| warm(&format!("f{i:03}"), 1)).collect();
+        metrics.warm_instances(&many);
+        let series = series(&metrics);
+        assert_eq!(series.len(), MAX_WARM_SERIES + 1);
+        let other = format!(
+            r#"kubefaas_executor_warm_instances{{namespace="",function="{OTHER_FUNCTIONS}"}} 5"#
+        );
+        assert!(series.contains(&other), "{series:?}");
     }
 }

@@ -3,12 +3,15 @@
 //! number of instances.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{
+    Arc, Mutex, MutexGuard, PoisonError,
+    atomic::{AtomicUsize, Ordering},
+};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::driver::{Driver, FunctionSpec};
+use crate::driver::{Driver, FunctionSpec, StartOutcome};
 use crate::error::Error;
 use crate::instance::{Instance, Invocation, Request};
 
@@ -44,6 +47,24 @@ struct FunctionPool {
     /// One permit per instance that may exist; held while an instance is busy.
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Instance>>,
+    /// Instances being started (each holds a permit, so [`FunctionPool::busy`] counts it).
+    starting: AtomicUsize,
+}
+
+/// Counts an instance as starting while alive.
+struct Starting<'a>(&'a AtomicUsize);
+
+impl<'a> Starting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl FunctionPool {
@@ -53,6 +74,11 @@ impl FunctionPool {
 
     fn busy(&self) -> usize {
         self.scaling.max_instances.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Instances started, idle or busy (not those still starting).
+    fn started(&self) -> usize {
+        (self.idle().len() + self.busy()).saturating_sub(self.starting.load(Ordering::Relaxed))
     }
 }
 
@@ -101,6 +127,7 @@ impl Pool {
             scaling: Scaling { max_instances: scaling.max_instances.max(1), ..scaling },
             key,
             idle: Mutex::default(),
+            starting: AtomicUsize::new(0),
             spec: Arc::clone(&spec),
         });
         // Idle instances of an outdated spec stop when the old pool is dropped; busy ones are
@@ -125,7 +152,7 @@ impl Pool {
         let warm = pool.idle().pop();
         let mut instance = match warm {
             Some(instance) => instance,
-            None => match self.driver.start(Arc::clone(&pool.spec)).await? {
+            None => match self.start(&pool).await? {
                 Ok(instance) => instance,
                 Err(failure) => return Ok(failure.into_invocation()),
             },
@@ -135,6 +162,12 @@ impl Pool {
             pool.idle().push(instance);
         }
         Ok(invocation)
+    }
+
+    /// Starts an instance of the pool's function (the caller holds a permit for it).
+    async fn start(&self, pool: &FunctionPool) -> Result<StartOutcome, Error> {
+        let _starting = Starting::new(&pool.starting);
+        self.driver.start(Arc::clone(&pool.spec)).await
     }
 
     /// Starts instances until the function has `min_warm` of them (idle or busy). Returns how
@@ -148,7 +181,7 @@ impl Pool {
         let mut started = 0;
         while pool.idle().len() + pool.busy() < pool.scaling.min_warm {
             let Ok(permit) = Arc::clone(&pool.permits).try_acquire_owned() else { break };
-            match self.driver.start(Arc::clone(&pool.spec)).await? {
+            match self.start(&pool).await? {
                 Ok(mut instance) => {
                     instance.started_ahead();
                     pool.idle().push(instance);
@@ -200,6 +233,20 @@ impl Pool {
     /// Instances of a function, idle or busy.
     pub fn instances(&self, function: &str) -> usize {
         self.functions().get(function).map_or(0, |p| p.idle().len() + p.busy())
+    }
+
+    /// Every function the pool holds, with its started instances (idle or busy).
+    pub fn instance_counts(&self) -> Vec<(Arc<FunctionSpec>, usize)> {
+        self.functions().values().map(|p| (Arc::clone(&p.spec), p.started())).collect()
+    }
+
+    /// Stops the idle instances of a function and forgets it; busy ones stop when their
+    /// invocation ends. (`function` is the [`FunctionSpec::pool_key`].)
+    pub fn retire(&self, function: &str) {
+        let pool = self.functions().remove(function);
+        if let Some(pool) = pool {
+            pool.idle().clear();
+        }
     }
 
     /// Stops every idle instance.

@@ -19,6 +19,9 @@ use crate::{
     worker::{Backend, FunctionSource, Worker, WorkerConfig, WorkerError},
 };
 
+/// How often the queue and warm-instance gauges are refreshed.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Everything the executor needs to start.
 #[derive(Clone, Debug)]
 pub struct ExecutorConfig {
@@ -72,6 +75,10 @@ pub enum ServiceError {
     },
 }
 
+/// How often the instances of every function are compared with the watched Functions, besides
+/// on every change (see [`crate::warm`]).
+const WARM_RESYNC: Duration = Duration::from_secs(10);
+
 /// Runs the executor with functions from the Kubernetes API (`KUBECONFIG` or in-cluster) and
 /// the local backend until `shutdown` resolves.
 pub async fn run(
@@ -79,7 +86,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let client = kube::Client::try_default().await.map_err(ServiceError::Kube)?;
-    run_with(config, KubeFunctions::new(client), shutdown).await
+    run_with_client(config, client, shutdown).await
+}
+
+/// [`run`] over a given client: what `kubefaas up --backend local` uses in-process.
+pub async fn run_with_client(
+    config: ExecutorConfig,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    on_local_pool(config, |config, pool| run_watching(config, client, pool, shutdown)).await
 }
 
 /// Runs the executor with functions from the Kubernetes API and the `kubernetes` backend:
@@ -102,7 +118,24 @@ pub async fn run_kubernetes_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let backend = KubernetesBackend::start(client.clone(), kubernetes).await;
-    run_with_backend(config, KubeFunctions::new(client), backend, shutdown).await
+    run_watching(config, client, backend, shutdown).await
+}
+
+/// Runs the executor with functions from a watch through `client` and `backend` running them;
+/// the backend's warm instances follow the watched Functions (see [`crate::warm`]).
+pub async fn run_watching<B: Backend + Clone>(
+    config: ExecutorConfig,
+    client: kube::Client,
+    backend: B,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let (functions, watch) = KubeFunctions::start(client);
+    let warmer =
+        tokio::spawn(crate::warm::keep_warm(Arc::clone(&functions), backend.clone(), WARM_RESYNC));
+    let result = run_with_backend(config, functions, backend, shutdown).await;
+    warmer.abort();
+    watch.abort();
+    result
 }
 
 /// Runs the executor with `functions` as the source of functions and the local backend.
@@ -111,20 +144,30 @@ pub async fn run_with<S: FunctionSource>(
     functions: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
+    on_local_pool(config, |config, pool| run_with_backend(config, functions, pool, shutdown)).await
+}
+
+/// Runs `run` over the local backend's pool, reaping its idle instances meanwhile and stopping
+/// them all after.
+async fn on_local_pool<F, R>(config: ExecutorConfig, run: F) -> Result<(), ServiceError>
+where
+    F: FnOnce(ExecutorConfig, Arc<Pool>) -> R,
+    R: Future<Output = Result<(), ServiceError>>,
+{
     let mut driver_config = DriverConfig::under(&config.work_dir);
     driver_config.sandbox = config.sandbox;
     let driver = Driver::new(driver_config).map_err(ServiceError::Driver)?;
     tracing::info!(sandbox = ?driver.sandbox(), "runtime driver ready");
     let pool = Arc::new(Pool::new(driver));
     let reaper = pool.spawn_reaper(Duration::from_secs(5));
-    let result = run_with_backend(config, functions, Arc::clone(&pool), shutdown).await;
+    let result = run(config, Arc::clone(&pool)).await;
     reaper.abort();
     pool.clear();
     result
 }
 
 /// Runs the executor with `functions` as the source of functions and `backend` running them.
-pub async fn run_with_backend<S: FunctionSource, B: Backend>(
+pub async fn run_with_backend<S: FunctionSource, B: Backend + Clone>(
     config: ExecutorConfig,
     functions: S,
     backend: B,
@@ -153,14 +196,15 @@ pub async fn run_with_backend<S: FunctionSource, B: Backend>(
     );
 
     let stats = {
-        let (queue, metrics) = (queue.clone(), Arc::clone(&metrics));
+        let (queue, metrics, backend) = (queue.clone(), Arc::clone(&metrics), backend.clone());
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
+            let mut every = tokio::time::interval(STATS_INTERVAL);
             loop {
                 every.tick().await;
                 if let Ok(stats) = queue.stats().await {
                     metrics.queue(&stats);
                 }
+                metrics.warm_instances(&backend.warm_instances());
             }
         })
     };

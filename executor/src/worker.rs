@@ -58,6 +58,34 @@ pub trait Backend: Send + Sync + 'static {
         function: &Arc<ResolvedFunction>,
         request: &Request,
     ) -> impl Future<Output = Result<Invocation, Self::Error>> + Send;
+
+    /// Starts instances of `function` until it has `minWarm`, ahead of any invocation, and
+    /// replaces idle instances of its earlier code or settings. Returns once the instances it
+    /// started are ready (or failed to start).
+    fn keep_warm(
+        &self,
+        namespace: &str,
+        function: &Arc<ResolvedFunction>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Stops the instances of the function `namespace/name` (it was deleted) and forgets it;
+    /// busy instances stop when their invocation ends.
+    fn retire(&self, namespace: &str, name: &str) -> impl Future<Output = ()> + Send;
+
+    /// The functions the backend holds instances for, with how many are started (idle or
+    /// busy; not those still starting).
+    fn warm_instances(&self) -> Vec<WarmInstances>;
+}
+
+/// Started instances of one function (see [`Backend::warm_instances`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarmInstances {
+    /// Namespace of the function (empty for functions without one).
+    pub namespace: String,
+    /// Its name.
+    pub function: String,
+    /// Instances started, idle or busy.
+    pub instances: usize,
 }
 
 impl Backend for Arc<Pool> {
@@ -70,6 +98,28 @@ impl Backend for Arc<Pool> {
         request: &Request,
     ) -> Result<Invocation, crate::Error> {
         Pool::invoke(self, Arc::clone(&function.spec), function.scaling, request).await
+    }
+
+    async fn keep_warm(&self, _namespace: &str, function: &Arc<ResolvedFunction>) {
+        let spec = Arc::clone(&function.spec);
+        if let Err(error) = self.ensure_warm(spec, function.scaling).await {
+            tracing::warn!(function = %function.spec.pool_key(), %error, "starting warm instances failed");
+        }
+    }
+
+    async fn retire(&self, namespace: &str, name: &str) {
+        Pool::retire(self, &format!("{namespace}/{name}"));
+    }
+
+    fn warm_instances(&self) -> Vec<WarmInstances> {
+        self.instance_counts()
+            .into_iter()
+            .map(|(spec, instances)| WarmInstances {
+                namespace: spec.namespace.clone().unwrap_or_default(),
+                function: spec.name.clone(),
+                instances,
+            })
+            .collect()
     }
 }
 
@@ -114,10 +164,13 @@ pub struct ResolvedFunction {
 /// [`crate::functions::KubeFunctions`]), a fixed table in tests.
 pub trait FunctionSource: Send + Sync + 'static {
     /// The function `namespace/name`, or `None` when it does not exist (or is being deleted).
+    /// `id` is the row id the invocation was queued for: a cached function of another id (the
+    /// function was deleted and created again) must not be trusted without a fresh look.
     fn resolve(
         &self,
         namespace: &str,
         name: &str,
+        id: Uuid,
     ) -> impl Future<Output = Result<Option<Arc<ResolvedFunction>>, WorkerError>> + Send;
 }
 
@@ -305,7 +358,11 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             }
         };
 
-        let function = match self.functions.resolve(&job.namespace, &job.function).await {
+        let function = match self
+            .functions
+            .resolve(&job.namespace, &job.function, job.function_id)
+            .await
+        {
             Ok(Some(function)) if function.id == job.function_id => function,
             Ok(_) => {
                 let error = platform_error(

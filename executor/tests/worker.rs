@@ -8,7 +8,7 @@
 mod support;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -16,10 +16,7 @@ use std::{
 use kubefaas_core::{
     queue::{Completions, Job, Queue, QueueConfig, Waited},
     resources::RetryPolicy,
-    store::{
-        CodeSource, FunctionRecord, InvocationRow, NewInvocation, Source, Status, Store,
-        StoreConfig,
-    },
+    store::{FunctionRecord, InvocationRow, Status, Store, StoreConfig},
 };
 use kubefaas_executor::{
     Pool, Scaling,
@@ -32,12 +29,6 @@ use uuid::Uuid;
 /// Bound on waits, only so a broken worker fails instead of hanging.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: these tests need real PostgreSQL and Redis (run `make test`)")
-    })
-}
-
 /// Functions from a table, as the Kubernetes API would resolve them.
 #[derive(Clone, Default)]
 struct Table(Arc<Mutex<HashMap<String, Arc<ResolvedFunction>>>>);
@@ -47,6 +38,7 @@ impl FunctionSource for Table {
         &self,
         _namespace: &str,
         name: &str,
+        _id: Uuid,
     ) -> Result<Option<Arc<ResolvedFunction>>, WorkerError> {
         Ok(self.0.lock().unwrap().get(name).cloned())
     }
@@ -62,16 +54,16 @@ struct Harness {
 impl Harness {
     async fn new() -> Self {
         let schema = format!("exec_{}", Uuid::new_v4().simple());
-        let admin = Store::connect(&StoreConfig::new(env("DATABASE_URL"))).await.unwrap();
+        let admin = Store::connect(&StoreConfig::new(support::env("DATABASE_URL"))).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .execute(admin.pool())
             .await
             .unwrap();
-        let mut config = StoreConfig::new(env("DATABASE_URL"));
+        let mut config = StoreConfig::new(support::env("DATABASE_URL"));
         config.schema = Some(schema);
         let store = Store::connect(&config).await.unwrap();
         store.migrate().await.unwrap();
-        let redis = redis::Client::open(env("REDIS_URL")).unwrap();
+        let redis = redis::Client::open(support::env("REDIS_URL")).unwrap();
         let config = QueueConfig {
             prefix: format!("exec-test-{}", Uuid::new_v4().simple()),
             ..QueueConfig::default()
@@ -84,22 +76,11 @@ impl Harness {
     /// Registers a python function (row and resolvable spec).
     async fn function(&self, name: &str, source: &str, timeout_seconds: i32) -> Uuid {
         let record = FunctionRecord {
-            id: Uuid::new_v4(),
-            namespace: "default".into(),
-            name: name.into(),
-            version: "1.0.0".into(),
-            runtime: "python".into(),
-            handler: "main.handler".into(),
-            code_source: CodeSource::Inline,
-            code_location: None,
-            code_checksum: "00".into(),
             code_size: i64::try_from(source.len()).unwrap(),
             timeout_seconds,
-            memory_mb: 128,
             cpu_millis: 500,
             max_concurrency: 4,
-            environment: BTreeMap::new(),
-            metadata: json!({}),
+            ..support::python_record(Uuid::new_v4(), name)
         };
         let (row, _) = self.store.upsert_function(&record).await.unwrap();
         let mut spec = support::python(name, source);
@@ -117,26 +98,11 @@ impl Harness {
 
     /// Records an invocation and releases it to the queue, as the operator does.
     async fn invoke(&self, function_id: Uuid, name: &str, payload: Value, timeout: i32) -> Uuid {
-        let id = self.record(function_id, name, payload, timeout).await;
-        assert!(self.store.mark_queued(id).await.unwrap());
-        self.queue.enqueue(&Job::new(id, function_id, "default", name)).await.unwrap();
-        id
+        support::enqueue(&self.store, &self.queue, function_id, name, payload, timeout).await
     }
 
     async fn record(&self, function_id: Uuid, name: &str, payload: Value, timeout: i32) -> Uuid {
-        let new = NewInvocation {
-            id: Uuid::new_v4(),
-            function_id,
-            namespace: "default".into(),
-            function_name: name.into(),
-            resource_name: None,
-            source: Source::Sync,
-            payload: Some(payload),
-            headers: BTreeMap::new(),
-            timeout_seconds: timeout,
-            max_attempts: 3,
-        };
-        self.store.create_invocation(&new).await.unwrap().into_row().id
+        support::record(&self.store, function_id, name, payload, timeout).await
     }
 
     fn worker_config(&self, name: &str) -> WorkerConfig {

@@ -13,7 +13,7 @@ use kube::{
     api::{DeleteParams, Preconditions},
 };
 use kubefaas_core::{
-    resources::{Function, FunctionCode, FunctionSpec, METADATA_ANNOTATION},
+    resources::{Function, FunctionCode, FunctionSpec, METADATA_ANNOTATION, Readiness},
     store::{FunctionQuery, FunctionRow},
     validation::{self, ValidationErrors},
 };
@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    cache::{Readiness, readiness},
     error::{ApiError, ApiResult, ErrorBody, FieldProblem},
     extract::{ApiJson, ApiQuery, Namespace},
     model::{CreateFunction, FunctionFilter, FunctionList, FunctionResponse, UpdateFunction},
@@ -273,7 +272,7 @@ async fn live_row(state: &AppState, id: Uuid) -> ApiResult<FunctionRow> {
 
 fn response(state: &AppState, row: FunctionRow) -> FunctionResponse {
     let cached = state.functions.get(&row.record.namespace, &row.record.name);
-    let (phase, message) = match cached.as_deref().map(readiness) {
+    let (phase, message) = match cached.as_deref().map(Function::readiness) {
         Some(Readiness::Ready(_)) => (phase_ready(), None),
         Some(Readiness::Failed(message)) => {
             (Some(kubefaas_core::resources::FunctionPhase::Failed), Some(message))
@@ -302,7 +301,7 @@ async fn wait_for_operator(
             && function.uid().as_deref() == Some(uid)
             && function.metadata.generation >= generation
         {
-            match readiness(&function) {
+            match function.readiness() {
                 Readiness::Pending => {}
                 done => return Some(done),
             }

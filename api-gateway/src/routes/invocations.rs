@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use crate::{
     AppState, INVOCATION_ID_HEADER, NAMESPACE_HEADER,
-    cache::invocable,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiBytes, ApiJson, ApiQuery, Namespace},
     model::{
@@ -83,7 +82,7 @@ pub(crate) async fn invoke_sync(
     let function = state.functions.get(&namespace, &name).ok_or_else(|| {
         ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
     })?;
-    let function_id = invocable(&function).map_err(|why| not_ready(&name, &why))?;
+    let function_id = function.invocable().map_err(|why| not_ready(&name, &why))?;
     let id = Uuid::new_v4();
     let new = NewInvocation {
         id,
@@ -266,7 +265,7 @@ pub(crate) async fn invoke_async(
         .ok_or_else(|| ApiError::internal(&"the API server gave the invocation no UUID uid"))?;
     // Record the row now, as the operator would, so GET /invocations/{id} answers at once; the
     // operator finds it (creation is idempotent on the id) and queues it.
-    if let Ok(function_id) = invocable(&function) {
+    if let Ok(function_id) = function.invocable() {
         let new = NewInvocation {
             id,
             function_id,

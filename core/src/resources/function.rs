@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// Annotation of a Function holding the REST API's free-form `metadata` (a JSON object); the
 /// operator copies it into the function's row.
@@ -304,6 +305,57 @@ pub enum FunctionPhase {
     Pending,
     Ready,
     Failed,
+}
+
+/// Where a Function stands for the components that invoke it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Ready for its current spec; its row id.
+    Ready(Uuid),
+    /// The operator rejected its current spec.
+    Failed(String),
+    /// The operator has not finished with its current spec.
+    Pending,
+}
+
+impl Function {
+    /// Whether the function is ready for its current generation.
+    pub fn readiness(&self) -> Readiness {
+        let Some(status) = &self.status else {
+            return Readiness::Pending;
+        };
+        if status.observed_generation != self.metadata.generation {
+            return Readiness::Pending;
+        }
+        match status.phase {
+            Some(FunctionPhase::Ready) => match self.function_id() {
+                Some(id) => Readiness::Ready(id),
+                None => Readiness::Pending,
+            },
+            Some(FunctionPhase::Failed) => Readiness::Failed(
+                status.message.clone().unwrap_or_else(|| "the function failed".to_owned()),
+            ),
+            _ => Readiness::Pending,
+        }
+    }
+
+    /// The row id to invoke the function with, or why it cannot be invoked. A function being
+    /// updated can: its row id does not change, and the executor waits for the new code.
+    pub fn invocable(&self) -> Result<Uuid, String> {
+        match self.readiness() {
+            Readiness::Ready(id) => Ok(id),
+            Readiness::Failed(message) => Err(message),
+            Readiness::Pending => {
+                self.function_id().ok_or_else(|| "the operator has not finished with it".to_owned())
+            }
+        }
+    }
+
+    /// `status.functionId`, when the operator has recorded the function.
+    pub fn function_id(&self) -> Option<Uuid> {
+        let id = self.status.as_ref()?.function_id.as_deref()?;
+        Uuid::parse_str(id).ok()
+    }
 }
 
 fn default_version() -> String {

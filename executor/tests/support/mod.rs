@@ -8,6 +8,13 @@ use std::time::Duration;
 use kubefaas_executor::{Driver, DriverConfig, FunctionSpec, Instance, Language, Request};
 use serde_json::Value;
 
+/// The environment variable `name`, which the tests need (`make test` sets it).
+pub(crate) fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests need real PostgreSQL and Redis (run `make test`)")
+    })
+}
+
 /// One driver per test binary, so Go builds are shared (and cached across runs below the
 /// target directory).
 pub(crate) fn driver() -> Arc<Driver> {
@@ -16,6 +23,67 @@ pub(crate) fn driver() -> Arc<Driver> {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubefaas-executor-tests");
         Driver::new(DriverConfig::under(&root)).expect("driver")
     }))
+}
+
+/// The PostgreSQL row of a python function `default/name`, as the operator records it.
+pub(crate) fn python_record(id: uuid::Uuid, name: &str) -> kubefaas_core::store::FunctionRecord {
+    kubefaas_core::store::FunctionRecord {
+        id,
+        namespace: "default".into(),
+        name: name.into(),
+        version: "1.0.0".into(),
+        runtime: "python".into(),
+        handler: "main.handler".into(),
+        code_source: kubefaas_core::store::CodeSource::Inline,
+        code_location: None,
+        code_checksum: "0".repeat(64),
+        code_size: 1,
+        timeout_seconds: 30,
+        memory_mb: 128,
+        cpu_millis: 100,
+        max_concurrency: 10,
+        environment: std::collections::BTreeMap::new(),
+        metadata: serde_json::json!({}),
+    }
+}
+
+/// Records an invocation of `default/name` with `payload` in PostgreSQL (3 attempts).
+pub(crate) async fn record(
+    store: &kubefaas_core::store::Store,
+    function_id: uuid::Uuid,
+    name: &str,
+    payload: Value,
+    timeout_seconds: i32,
+) -> uuid::Uuid {
+    let new = kubefaas_core::store::NewInvocation {
+        id: uuid::Uuid::new_v4(),
+        function_id,
+        namespace: "default".into(),
+        function_name: name.into(),
+        resource_name: None,
+        source: kubefaas_core::store::Source::Sync,
+        payload: Some(payload),
+        headers: std::collections::BTreeMap::new(),
+        timeout_seconds,
+        max_attempts: 3,
+    };
+    store.create_invocation(&new).await.unwrap().into_row().id
+}
+
+/// Records an invocation and releases it to the queue, as the operator and the gateway do.
+pub(crate) async fn enqueue(
+    store: &kubefaas_core::store::Store,
+    queue: &kubefaas_core::queue::Queue,
+    function_id: uuid::Uuid,
+    name: &str,
+    payload: Value,
+    timeout_seconds: i32,
+) -> uuid::Uuid {
+    let id = record(store, function_id, name, payload, timeout_seconds).await;
+    assert!(store.mark_queued(id).await.unwrap());
+    let job = kubefaas_core::queue::Job::new(id, function_id, "default", name);
+    queue.enqueue(&job).await.unwrap();
+    id
 }
 
 /// A python function made of one `main.py` with `handler`.
