@@ -624,6 +624,14 @@ pub struct NewInvocation {
     pub max_attempts: i32,
 }
 
+/// A claimed invocation and its function's current code checksum.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    invocation: InvocationRow,
+    function_checksum: String,
+}
+
 /// A stored invocation.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct InvocationRow {
@@ -736,6 +744,10 @@ pub enum Claim {
         lease: Lease,
         /// The row after the claim.
         invocation: Box<InvocationRow>,
+        /// The code checksum the function's row holds now. The operator records new code here
+        /// before the Function reports it ready, so a copy of the Function with another checksum
+        /// is out of date.
+        function_checksum: String,
     },
     /// Already finished: a duplicate delivery; acknowledge it and move on.
     Finished(Status),
@@ -896,14 +908,17 @@ impl Store {
     /// Of several executors claiming at once exactly one gets [`Claim::Acquired`]: the update
     /// locks the row, and the others re-check the condition against the winner's write.
     pub async fn claim(&self, id: Uuid, owner: &str, lease_for: Duration) -> Result<Claim> {
-        let claimed: Option<InvocationRow> = sqlx::query_as(
-            "UPDATE invocations SET status = 'running', lease_owner = $2, \
-                 lease_expires_at = now() + make_interval(secs => $3), \
-                 attempts = attempts + 1, started_at = now(), queued_at = NULL, \
-                 updated_at = now() \
-             WHERE id = $1 \
-               AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
-             RETURNING *",
+        let claimed: Option<ClaimedRow> = sqlx::query_as(
+            "WITH claimed AS ( \
+                 UPDATE invocations SET status = 'running', lease_owner = $2, \
+                     lease_expires_at = now() + make_interval(secs => $3), \
+                     attempts = attempts + 1, started_at = now(), queued_at = NULL, \
+                     updated_at = now() \
+                 WHERE id = $1 \
+                   AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+                 RETURNING *) \
+             SELECT claimed.*, functions.code_checksum AS function_checksum \
+             FROM claimed JOIN functions ON functions.id = claimed.function_id",
         )
         .bind(id)
         .bind(owner)
@@ -911,7 +926,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(query_error("claim invocation"))?;
-        if let Some(invocation) = claimed {
+        if let Some(ClaimedRow { invocation, function_checksum }) = claimed {
             let expires_at = invocation.lease_expires_at.ok_or_else(|| StoreError::Corrupt {
                 what: "lease expiry",
                 value: "NULL on a running invocation".to_owned(),
@@ -922,7 +937,11 @@ impl Store {
                 attempt: invocation.attempts,
                 expires_at,
             };
-            return Ok(Claim::Acquired { lease, invocation: Box::new(invocation) });
+            return Ok(Claim::Acquired {
+                lease,
+                invocation: Box::new(invocation),
+                function_checksum,
+            });
         }
         let Some(row) = self.invocation(id).await? else {
             return Ok(Claim::Missing);

@@ -389,7 +389,10 @@ async fn an_invocation_runs_from_pending_to_succeeded_under_a_lease() {
 
     let (lease, running) =
         match db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap() {
-            Claim::Acquired { lease, invocation } => (lease, invocation),
+            Claim::Acquired { lease, invocation, function_checksum } => {
+                assert_eq!(function_checksum, "sha256:aa", "the function's code as recorded");
+                (lease, invocation)
+            }
             other => panic!("claim failed: {other:?}"),
         };
     assert_eq!(lease.attempt, 1);
@@ -635,5 +638,19 @@ async fn a_schema_name_that_is_not_a_plain_identifier_is_refused_before_any_sql(
             matches!(error, kubefaas_core::store::StoreError::InvalidSchema(_)),
             "{bad:?}: {error}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_claim_reports_the_code_the_function_row_holds_at_that_moment() {
+    let db = TestDb::new().await;
+    let id = queued_invocation(&db).await;
+    // The function's code changes after the invocation was queued.
+    let mut changed = function("default", "hello");
+    changed.code_checksum = "sha256:bb".to_owned();
+    db.store.upsert_function(&changed).await.unwrap();
+    match db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap() {
+        Claim::Acquired { function_checksum, .. } => assert_eq!(function_checksum, "sha256:bb"),
+        other => panic!("claim failed: {other:?}"),
     }
 }

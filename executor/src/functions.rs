@@ -3,10 +3,13 @@
 //!
 //! Functions come from a watch ([`FunctionCache`]), so the warm path of an invocation costs no
 //! API round trip. The watch lags the API server, so a cached Function is trusted only when it
-//! is Ready for its current generation and has the row id the invocation was queued for;
-//! otherwise (a miss, a Function still being updated, one deleted and created again under the
-//! same name) the Function is read from the API server, as if there were no cache. A deleted
-//! Function stops resolving once the watch delivers the deletion.
+//! is Ready for its current generation, has the row id the invocation was queued for and the
+//! code checksum PostgreSQL held when the invocation was claimed (the operator records code
+//! there before the Function reports it ready); otherwise (a miss, a Function still being
+//! updated, one deleted and created again under the same name, code edited a moment ago) the
+//! Function is read from the API server, as if there were no cache. A deleted Function stops
+//! resolving once the watch delivers the deletion. Edits that leave the code alone (limits,
+//! environment) take effect once the watch delivers them, normally within milliseconds.
 //!
 //! Code is not watched: the operator writes the ConfigMap before it reports the checksum in the
 //! Function's status, and the ConfigMap's checksum annotation says which code it holds, so the
@@ -32,7 +35,7 @@ use uuid::Uuid;
 
 use crate::{
     Code, FunctionSpec, Limits, Scaling,
-    worker::{FunctionSource, ResolvedFunction, WorkerError},
+    worker::{Expected, FunctionSource, ResolvedFunction, WorkerError},
 };
 
 /// Resolves functions through a watch of `Function`s, reading from the API server only when
@@ -92,18 +95,24 @@ impl KubeFunctions {
     }
 
     /// The cached Function, resolved, when the cache can be trusted with it: Ready for its
-    /// current generation, and of row id `id` when one is expected.
+    /// current generation, and what `expected` says when something is expected.
     pub async fn resolve_cached(
         &self,
         namespace: &str,
         name: &str,
-        id: Option<Uuid>,
+        expected: Option<&Expected>,
     ) -> Option<Arc<ResolvedFunction>> {
         let function = self.cache.get(namespace, name)?;
-        let ready = function.readiness();
-        if !matches!(ready, kubefaas_core::resources::Readiness::Ready(ready) if id.is_none_or(|id| id == ready))
-        {
+        let kubefaas_core::resources::Readiness::Ready(id) = function.readiness() else {
             return None;
+        };
+        if let Some(expected) = expected {
+            let checksum = function.status.as_ref().and_then(|s| s.code_checksum.as_deref());
+            if expected.id != id
+                || expected.checksum.as_deref().is_some_and(|want| Some(want) != checksum)
+            {
+                return None;
+            }
         }
         self.build(namespace, name, &function).await.ok()
     }
@@ -235,9 +244,9 @@ impl FunctionSource for Arc<KubeFunctions> {
         &self,
         namespace: &str,
         name: &str,
-        id: Uuid,
+        expected: &Expected,
     ) -> Result<Option<Arc<ResolvedFunction>>, WorkerError> {
-        if let Some(resolved) = self.resolve_cached(namespace, name, Some(id)).await {
+        if let Some(resolved) = self.resolve_cached(namespace, name, Some(expected)).await {
             return Ok(Some(resolved));
         }
         self.fetch(namespace, name).await

@@ -225,13 +225,16 @@ mod tests {
         WarmInstances { namespace: "team".into(), function: function.into(), instances }
     }
 
+    /// The warm-instance series, sorted (the registry renders them in no set order).
     fn series(metrics: &ExecutorMetrics) -> Vec<String> {
-        metrics
+        let mut series: Vec<String> = metrics
             .render()
             .lines()
             .filter(|l| l.starts_with("kubefaas_executor_warm_instances{"))
             .map(str::to_owned)
-            .collect()
+            .collect();
+        series.sort();
+        series
     }
 
     #[test]

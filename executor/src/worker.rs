@@ -160,17 +160,36 @@ pub struct ResolvedFunction {
     pub retry: RetryPolicy,
 }
 
+/// What PostgreSQL says of the function an invocation was claimed for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The row id the invocation was queued for (the Function's uid).
+    pub id: Uuid,
+    /// The code checksum the function's row holds at the claim, when known. The operator
+    /// records new code in the row before the Function reports it ready, so a copy of the
+    /// Function with another checksum has not caught up.
+    pub checksum: Option<String>,
+}
+
+impl Expected {
+    /// The function of row `id`, whatever its code.
+    pub fn id(id: Uuid) -> Self {
+        Self { id, checksum: None }
+    }
+}
+
 /// Where the worker finds functions: the Kubernetes API in a cluster (see
 /// [`crate::functions::KubeFunctions`]), a fixed table in tests.
 pub trait FunctionSource: Send + Sync + 'static {
     /// The function `namespace/name`, or `None` when it does not exist (or is being deleted).
-    /// `id` is the row id the invocation was queued for: a cached function of another id (the
-    /// function was deleted and created again) must not be trusted without a fresh look.
+    /// A cached copy that is not what `expected` says (another id: the function was deleted
+    /// and created again; another checksum: its code was edited) must not be trusted without a
+    /// fresh look.
     fn resolve(
         &self,
         namespace: &str,
         name: &str,
-        id: Uuid,
+        expected: &Expected,
     ) -> impl Future<Output = Result<Option<Arc<ResolvedFunction>>, WorkerError>> + Send;
 }
 
@@ -341,12 +360,14 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
     /// Handles one delivery from claim to acknowledgement.
     pub async fn process(&self, delivery: Delivery) -> Result<Handled, WorkerError> {
         let job = delivery.job.clone();
-        let (lease, row) = match self
+        let (lease, row, function_checksum) = match self
             .store
             .claim(job.invocation_id, &self.config.name, self.config.lease)
             .await?
         {
-            Claim::Acquired { lease, invocation } => (lease, invocation),
+            Claim::Acquired { lease, invocation, function_checksum } => {
+                (lease, invocation, function_checksum)
+            }
             Claim::NotQueued => {
                 // Enqueued before the row was released (should not happen); look again later.
                 self.queue.retry_later(&delivery, Duration::from_secs(1)).await?;
@@ -360,7 +381,11 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
 
         let function = match self
             .functions
-            .resolve(&job.namespace, &job.function, job.function_id)
+            .resolve(
+                &job.namespace,
+                &job.function,
+                &Expected { id: job.function_id, checksum: Some(function_checksum) },
+            )
             .await
         {
             Ok(Some(function)) if function.id == job.function_id => function,

@@ -33,14 +33,14 @@ use kubefaas_core::{
     queue::{Queue, QueueConfig},
     resources::{Function, FunctionCode, FunctionSpec, crds},
     runtime::Language,
-    store::{Status, Store, StoreConfig},
+    store::{Status, Store},
 };
 use kubefaas_executor::{
-    SandboxMode,
+    Code, SandboxMode,
     functions::KubeFunctions,
     kubernetes::{KubernetesBackend, KubernetesConfig, labels},
     service::{ExecutorConfig, run_watching},
-    worker::{Backend, FunctionSource, WarmInstances, WorkerConfig},
+    worker::{Backend, Expected, FunctionSource, WarmInstances, WorkerConfig},
 };
 use kubefaas_standalone::{
     ApiServer,
@@ -165,6 +165,41 @@ impl Cluster {
         id
     }
 
+    /// Edits the code of `name` as a user and the operator would: a new spec (a new generation),
+    /// the code ConfigMap, then the status. Returns the new checksum.
+    async fn edit_code(&self, name: &str, source: &str) -> String {
+        let patch = json!({"spec": {"code": {"inline": source}}});
+        let edited = self
+            .functions()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let package = Package::from_bytes(Language::Python, "main.handler", source.into());
+        let (data, _) = package.config_map_data();
+        let config_map = json!({
+            "metadata": {"annotations": {code::CHECKSUM_ANNOTATION: package.checksum()}},
+            "data": data,
+        });
+        let config_maps: Api<ConfigMap> = Api::default_namespaced(self.client.clone());
+        config_maps
+            .patch(
+                &code::config_map_name(name),
+                &PatchParams::default(),
+                &Patch::Merge(&config_map),
+            )
+            .await
+            .unwrap();
+        let status = json!({"status": {
+            "observedGeneration": edited.metadata.generation,
+            "codeChecksum": package.checksum(),
+        }});
+        self.functions()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+        package.checksum()
+    }
+
     /// Deletes the Function and its code ConfigMap.
     async fn delete_function(&self, name: &str) {
         self.functions().delete(name, &DeleteParams::default()).await.unwrap();
@@ -211,7 +246,8 @@ async fn a_warm_resolve_takes_the_function_from_the_watch_without_reading_it() {
 
     let before = wire.requests.lock().unwrap().len();
     for _ in 0..20 {
-        let resolved = functions.resolve("default", "hello", id).await.unwrap().unwrap();
+        let resolved =
+            functions.resolve("default", "hello", &Expected::id(id)).await.unwrap().unwrap();
         assert_eq!(resolved.id, id);
         assert_eq!(resolved.spec.name, "hello");
     }
@@ -233,14 +269,14 @@ async fn a_function_created_and_invoked_at_once_resolves_before_the_watch_delive
 
     let id = cluster.ready_function("fresh", 0).await;
     assert!(functions.cache().get("default", "fresh").is_none(), "the watch was held back");
-    let resolved = functions.resolve("default", "fresh", id).await.unwrap();
+    let resolved = functions.resolve("default", "fresh", &Expected::id(id)).await.unwrap();
     assert_eq!(resolved.map(|r| r.id), Some(id));
     assert_eq!(wire.function_reads("fresh"), 1, "read from the API server");
 
     // Once the watch catches up, the same function is served from it.
     wire.hold_watch_events(false);
     cached(&functions, "fresh", id).await;
-    functions.resolve("default", "fresh", id).await.unwrap().unwrap();
+    functions.resolve("default", "fresh", &Expected::id(id)).await.unwrap().unwrap();
     assert_eq!(wire.function_reads("fresh"), 1);
 }
 
@@ -249,7 +285,10 @@ async fn a_function_created_again_under_its_name_resolves_to_the_new_one_while_t
     let (cluster, wire, functions) = watched().await;
     let old = cluster.ready_function("again", 0).await;
     cached(&functions, "again", old).await;
-    assert_eq!(functions.resolve("default", "again", old).await.unwrap().unwrap().id, old);
+    assert_eq!(
+        functions.resolve("default", "again", &Expected::id(old)).await.unwrap().unwrap().id,
+        old
+    );
 
     wire.hold_watch_events(true);
     cluster.delete_function("again").await;
@@ -259,8 +298,36 @@ async fn a_function_created_again_under_its_name_resolves_to_the_new_one_while_t
         Some(old),
         "the watch still has the old function"
     );
-    let resolved = functions.resolve("default", "again", new).await.unwrap().unwrap();
+    let resolved =
+        functions.resolve("default", "again", &Expected::id(new)).await.unwrap().unwrap();
     assert_eq!(resolved.id, new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_edited_a_moment_ago_is_run_even_while_the_watch_still_has_the_old() {
+    let (cluster, wire, functions) = watched().await;
+    let id = cluster.ready_function("edited", 0).await;
+    cached(&functions, "edited", id).await;
+    functions.resolve("default", "edited", &Expected::id(id)).await.unwrap().unwrap();
+
+    wire.hold_watch_events(true);
+    let new_source = "def handler(event, context):\n    return 'edited'\n";
+    let checksum = cluster.edit_code("edited", new_source).await;
+    let stale = functions.cache().get("default", "edited").unwrap();
+    assert_ne!(
+        stale.status.as_ref().unwrap().code_checksum.as_deref(),
+        Some(checksum.as_str()),
+        "the watch still has the old code"
+    );
+
+    // PostgreSQL's checksum (what the claim reports) tells the cached copy is out of date.
+    let expected = Expected { id, checksum: Some(checksum) };
+    let resolved = functions.resolve("default", "edited", &expected).await.unwrap().unwrap();
+    assert!(
+        matches!(&resolved.spec.code, Code::File { contents, .. } if contents == new_source.as_bytes()),
+        "the new code is run"
+    );
+    assert_eq!(wire.function_reads("edited"), 1, "read from the API server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,12 +342,12 @@ async fn a_deleted_function_stops_resolving() {
         .await
         .unwrap();
     cached(&functions, "doomed", id).await;
-    assert!(functions.resolve("default", "doomed", id).await.unwrap().is_some());
+    assert!(functions.resolve("default", "doomed", &Expected::id(id)).await.unwrap().is_some());
 
     cluster.functions().delete("doomed", &DeleteParams::default()).await.unwrap();
     wait_until("the deleted function stops resolving", || async {
         functions.cache().get("default", "doomed").is_none()
-            && functions.resolve("default", "doomed", id).await.unwrap().is_none()
+            && functions.resolve("default", "doomed", &Expected::id(id)).await.unwrap().is_none()
     })
     .await;
 }
@@ -348,17 +415,7 @@ struct Services {
 
 impl Services {
     async fn start() -> Self {
-        let base = support::env("DATABASE_URL");
-        let schema = format!("exec_{}", Uuid::new_v4().simple());
-        let admin = Store::connect(&StoreConfig::new(&base)).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(admin.pool())
-            .await
-            .unwrap();
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let database_url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-        let store = Store::connect(&StoreConfig::new(&database_url)).await.unwrap();
-        store.migrate().await.unwrap();
+        let (database_url, store) = support::fresh_store().await;
         let prefix = format!("exec-test-{}", Uuid::new_v4().simple());
         let redis = redis::Client::open(support::env("REDIS_URL")).unwrap();
         let queue = Queue::connect(
@@ -370,9 +427,15 @@ impl Services {
         Self { database_url, store, queue, prefix }
     }
 
-    /// The row of the Function `name` (row id `id`), as the operator records it.
+    /// The row of the Function `name` (row id `id`, code [`HANDLER`]), as the operator records
+    /// it.
     async fn record_function(&self, name: &str, id: Uuid) {
-        self.store.upsert_function(&support::python_record(id, name)).await.unwrap();
+        let package = Package::from_bytes(Language::Python, "main.handler", HANDLER.into());
+        let record = kubefaas_core::store::FunctionRecord {
+            code_checksum: package.checksum(),
+            ..support::python_record(id, name)
+        };
+        self.store.upsert_function(&record).await.unwrap();
     }
 
     /// Records an invocation and puts it on the queue, as the gateway does.

@@ -16,11 +16,11 @@ use std::{
 use kubefaas_core::{
     queue::{Completions, Job, Queue, QueueConfig, Waited},
     resources::RetryPolicy,
-    store::{FunctionRecord, InvocationRow, Status, Store, StoreConfig},
+    store::{FunctionRecord, InvocationRow, Status, Store},
 };
 use kubefaas_executor::{
     Pool, Scaling,
-    worker::{FunctionSource, ResolvedFunction, Worker, WorkerConfig, WorkerError},
+    worker::{Expected, FunctionSource, ResolvedFunction, Worker, WorkerConfig, WorkerError},
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -38,7 +38,7 @@ impl FunctionSource for Table {
         &self,
         _namespace: &str,
         name: &str,
-        _id: Uuid,
+        _expected: &Expected,
     ) -> Result<Option<Arc<ResolvedFunction>>, WorkerError> {
         Ok(self.0.lock().unwrap().get(name).cloned())
     }
@@ -53,16 +53,7 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
-        let schema = format!("exec_{}", Uuid::new_v4().simple());
-        let admin = Store::connect(&StoreConfig::new(support::env("DATABASE_URL"))).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(admin.pool())
-            .await
-            .unwrap();
-        let mut config = StoreConfig::new(support::env("DATABASE_URL"));
-        config.schema = Some(schema);
-        let store = Store::connect(&config).await.unwrap();
-        store.migrate().await.unwrap();
+        let (_, store) = support::fresh_store().await;
         let redis = redis::Client::open(support::env("REDIS_URL")).unwrap();
         let config = QueueConfig {
             prefix: format!("exec-test-{}", Uuid::new_v4().simple()),
@@ -214,7 +205,7 @@ async fn a_raising_function_fails_once_with_its_error_type_and_stack() {
     let row = h.finished(id).await;
     assert_eq!(row.status, Status::Failed);
     let error = row.error.unwrap();
-    assert_eq!(error.type_, "ValueError");
+    assert_eq!(error.type_, "ValueError", "{error:?}\nlogs: {:?}", row.logs);
     assert!(error.message.contains("no good"), "{}", error.message);
     assert!(error.stack.unwrap_or_default().contains("main.py"));
     assert_eq!(row.attempts, 1, "function errors are not retried by default");

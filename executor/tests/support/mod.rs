@@ -130,3 +130,14 @@ pub(crate) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
     }
     writer.finish().unwrap().into_inner()
 }
+
+/// A PostgreSQL schema of its own, migrated: the URL that selects it and a store on it.
+pub(crate) async fn fresh_store() -> (String, kubefaas_core::store::Store) {
+    let schema = format!("exec_{}", uuid::Uuid::new_v4().simple());
+    let url = kubefaas_core::store::create_schema(&env("DATABASE_URL"), &schema).await.unwrap();
+    let store = kubefaas_core::store::Store::connect(&kubefaas_core::store::StoreConfig::new(&url))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (url, store)
+}
