@@ -178,7 +178,7 @@ async fn a_queued_invocation_runs_and_its_outcome_is_committed_and_announced() {
     let id = h.invoke(function, "greeter", json!({"name": "world"}), 30).await;
 
     let row = h.finished(id).await;
-    assert_eq!(row.status, Status::Succeeded);
+    assert_eq!(row.status, Status::Succeeded, "{:?}\nlogs: {:?}", row.error, row.logs);
     assert_eq!(row.result, Some(json!({"greeting": "hello world", "request": id.to_string()})));
     assert_eq!(row.attempts, 1);
     assert!(row.logs.as_deref().unwrap_or_default().contains("greeting world"), "{:?}", row.logs);
