@@ -9,10 +9,10 @@ export KUBEFAAS_TEST_PYTHON ?= $(CURDIR)/.venv/tests/bin/python
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## Install what the tests need (PostgreSQL, Redis, interpreters, Python kubernetes client) if missing
+deps: ## Install what the tests need (PostgreSQL, Redis, interpreters; Python kubernetes client and Helm SDK) if missing
 	@scripts/deps.sh
 	@scripts/python-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_PYTHON)) >/dev/null
 
@@ -41,8 +41,14 @@ else
 endif
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust resource types
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust resource types
 	$(CARGO) run -q -p kubefaas-core --bin kubefaas-crdgen -- crds
+	rm -f charts/kubefaas/crds/*.yaml && cp crds/*.yaml charts/kubefaas/crds/
+
+.PHONY: lint-chart
+lint-chart: deps ## Lint and render the Helm chart with the Helm SDK and check the output (charts/tests)
+	$(CARGO) build -q -p kubefaas-operator -p kubefaas-executor -p kubefaas-api-gateway --bins
+	$(CARGO) test -q -p kubefaas-chart-tests
 
 .PHONY: lint
 lint: ## Check formatting and clippy lints
@@ -57,3 +63,4 @@ apiserver: ## Run the standalone API server on 127.0.0.1:6443 (kubeconfig in .tm
 .PHONY: services
 services: ## Start throwaway PostgreSQL/Redis and open a shell with DATABASE_URL/REDIS_URL set
 	scripts/with-services.sh $${SHELL:-bash}
+
