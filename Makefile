@@ -9,10 +9,10 @@ export KUBEFAAS_TEST_PYTHON ?= $(CURDIR)/.venv/tests/bin/python
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## Install what the tests need (PostgreSQL, Redis, interpreters, Python kubernetes client) if missing
+deps: ## Install what the tests need (PostgreSQL, Redis, interpreters; Python kubernetes client and Helm SDK) if missing
 	@scripts/deps.sh
 	@scripts/python-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_PYTHON)) >/dev/null
 
@@ -41,8 +41,14 @@ else
 endif
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust resource types
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust resource types
 	$(CARGO) run -q -p kubefaas-core --bin kubefaas-crdgen -- crds
+	rm -f charts/kubefaas/crds/*.yaml && cp crds/*.yaml charts/kubefaas/crds/
+
+.PHONY: lint-chart
+lint-chart: deps ## Lint and render the Helm chart with the Helm SDK and check the output (charts/tests)
+	$(CARGO) build -q -p kubefaas-operator -p kubefaas-executor -p kubefaas-api-gateway --bins
+	$(CARGO) test -q -p kubefaas-chart-tests
 
 .PHONY: lint
 lint: ## Check formatting and clippy lints
@@ -57,3 +63,52 @@ apiserver: ## Run the standalone API server on 127.0.0.1:6443 (kubeconfig in .tm
 .PHONY: services
 services: ## Start throwaway PostgreSQL/Redis and open a shell with DATABASE_URL/REDIS_URL set
 	scripts/with-services.sh $${SHELL:-bash}
+
+# kind: build the images, load them into a kind cluster, install the chart, run the examples.
+# Needs docker, kind, kubectl and helm; nothing here runs in `make test`.
+KIND ?= kind
+DOCKER ?= docker
+HELM ?= helm
+KIND_CLUSTER ?= kubefaas
+KIND_NAMESPACE ?= kubefaas-system
+IMAGE_TAG ?= dev
+PLATFORM_IMAGES := operator executor api-gateway
+# Every image of the runtime catalogue (core/src/runtime.rs; a chart test keeps them in step).
+RUNTIME_IMAGES := kubefaas/runtime-python:3.12 kubefaas/runtime-python:3.11 kubefaas/runtime-nodejs:20 kubefaas/runtime-nodejs:22 kubefaas/runtime-go:1.22
+
+.PHONY: kind-up
+kind-up: ## Create the kind cluster of kind-config.yaml
+	$(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+
+.PHONY: kind-images
+kind-images: ## Build the platform and runtime images with docker
+	$(DOCKER) build -f runtime-images/watchdog/Dockerfile -t kubefaas/watchdog:$(IMAGE_TAG) .
+	for target in $(PLATFORM_IMAGES); do \
+	  $(DOCKER) build -f runtime-images/platform/Dockerfile --target $$target -t kubefaas/$$target:$(IMAGE_TAG) . || exit 1; \
+	done
+	for image in $(RUNTIME_IMAGES); do \
+	  language=$${image#kubefaas/runtime-}; version=$${language#*:}; language=$${language%%:*}; \
+	  case $$language in python) arg=PYTHON_VERSION;; nodejs) arg=NODE_VERSION;; go) arg=GO_VERSION;; esac; \
+	  $(DOCKER) build --build-arg WATCHDOG_IMAGE=kubefaas/watchdog:$(IMAGE_TAG) --build-arg $$arg=$$version \
+	    -t $$image runtime-images/$$language || exit 1; \
+	done
+
+.PHONY: kind-load
+kind-load: kind-images ## Build the images and load them into the kind cluster
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(foreach i,$(PLATFORM_IMAGES),kubefaas/$(i):$(IMAGE_TAG)) $(RUNTIME_IMAGES)
+
+.PHONY: kind-install
+kind-install: ## Install (or upgrade) the chart on kind with values-kind.yaml and wait until it is ready
+	$(HELM) upgrade --install kubefaas charts/kubefaas --namespace $(KIND_NAMESPACE) --create-namespace \
+		--values charts/kubefaas/values-kind.yaml --set image.tag=$(IMAGE_TAG) --wait --timeout 5m
+
+.PHONY: kind-examples
+kind-examples: ## Apply examples/ on kind, wait for the functions to be Ready and the invocation to succeed
+	kubectl apply -f examples/
+	kubectl wait --for=jsonpath='{.status.phase}'=Ready function --all --timeout=5m
+	kubectl wait --for=jsonpath='{.status.phase}'=Succeeded invocation/hello-once --timeout=5m
+	kubectl get invocation hello-once -o jsonpath='{.status.result}{"\n"}'
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
