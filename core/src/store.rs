@@ -624,12 +624,32 @@ pub struct NewInvocation {
     pub max_attempts: i32,
 }
 
-/// A claimed invocation and its function's current code checksum.
+/// A claimed invocation and how its function runs now.
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
     #[sqlx(flatten)]
     invocation: InvocationRow,
-    function_checksum: String,
+    #[sqlx(flatten)]
+    function: FunctionState,
+}
+
+/// The fields of a function's row that decide how one invocation runs, as they stand when the
+/// invocation is claimed.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct FunctionState {
+    /// Runtime name from the catalogue.
+    pub runtime: String,
+    /// Entry point inside the code.
+    pub handler: String,
+    /// Lower-case hex SHA-256 of the code bytes.
+    pub code_checksum: String,
+    /// Memory limit in MiB.
+    pub memory_mb: i32,
+    /// CPU limit in millicores.
+    pub cpu_millis: i32,
+    /// Environment variables given to the function.
+    #[sqlx(json)]
+    pub environment: BTreeMap<String, String>,
 }
 
 /// A stored invocation.
@@ -744,10 +764,10 @@ pub enum Claim {
         lease: Lease,
         /// The row after the claim.
         invocation: Box<InvocationRow>,
-        /// The code checksum the function's row holds now. The operator records new code here
-        /// before the Function reports it ready, so a copy of the Function with another checksum
-        /// is out of date.
-        function_checksum: String,
+        /// How the function's row says it runs now. The operator records a changed Function
+        /// here before it reports it ready, so a copy of the Function that says otherwise is
+        /// out of date.
+        function: FunctionState,
     },
     /// Already finished: a duplicate delivery; acknowledge it and move on.
     Finished(Status),
@@ -917,8 +937,9 @@ impl Store {
                  WHERE id = $1 \
                    AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
                  RETURNING *) \
-             SELECT claimed.*, functions.code_checksum AS function_checksum \
-             FROM claimed JOIN functions ON functions.id = claimed.function_id",
+             SELECT claimed.*, f.runtime, f.handler, f.code_checksum, f.memory_mb, \
+                 f.cpu_millis, f.environment \
+             FROM claimed JOIN functions f ON f.id = claimed.function_id",
         )
         .bind(id)
         .bind(owner)
@@ -926,7 +947,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(query_error("claim invocation"))?;
-        if let Some(ClaimedRow { invocation, function_checksum }) = claimed {
+        if let Some(ClaimedRow { invocation, function }) = claimed {
             let expires_at = invocation.lease_expires_at.ok_or_else(|| StoreError::Corrupt {
                 what: "lease expiry",
                 value: "NULL on a running invocation".to_owned(),
@@ -937,11 +958,7 @@ impl Store {
                 attempt: invocation.attempts,
                 expires_at,
             };
-            return Ok(Claim::Acquired {
-                lease,
-                invocation: Box::new(invocation),
-                function_checksum,
-            });
+            return Ok(Claim::Acquired { lease, invocation: Box::new(invocation), function });
         }
         let Some(row) = self.invocation(id).await? else {
             return Ok(Claim::Missing);

@@ -389,8 +389,14 @@ async fn an_invocation_runs_from_pending_to_succeeded_under_a_lease() {
 
     let (lease, running) =
         match db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap() {
-            Claim::Acquired { lease, invocation, function_checksum } => {
-                assert_eq!(function_checksum, "sha256:aa", "the function's code as recorded");
+            Claim::Acquired { lease, invocation, function: state } => {
+                let recorded = function("default", "hello");
+                assert_eq!(state.code_checksum, recorded.code_checksum);
+                assert_eq!(state.environment, recorded.environment);
+                assert_eq!(
+                    (state.memory_mb, state.cpu_millis),
+                    (recorded.memory_mb, recorded.cpu_millis)
+                );
                 (lease, invocation)
             }
             other => panic!("claim failed: {other:?}"),
@@ -642,15 +648,22 @@ async fn a_schema_name_that_is_not_a_plain_identifier_is_refused_before_any_sql(
 }
 
 #[tokio::test]
-async fn a_claim_reports_the_code_the_function_row_holds_at_that_moment() {
+async fn a_claim_reports_how_the_function_row_says_it_runs_at_that_moment() {
     let db = TestDb::new().await;
     let id = queued_invocation(&db).await;
-    // The function's code changes after the invocation was queued.
+    // The function changes after the invocation was queued.
     let mut changed = function("default", "hello");
     changed.code_checksum = "sha256:bb".to_owned();
+    changed.memory_mb = 256;
+    changed.environment.insert("MODE".to_owned(), "new".to_owned());
     db.store.upsert_function(&changed).await.unwrap();
     match db.store.claim(id, "exec-a", Duration::from_secs(30)).await.unwrap() {
-        Claim::Acquired { function_checksum, .. } => assert_eq!(function_checksum, "sha256:bb"),
+        Claim::Acquired { function: state, .. } => {
+            assert_eq!(state.code_checksum, "sha256:bb");
+            assert_eq!(state.memory_mb, 256);
+            assert_eq!(state.environment, changed.environment);
+            assert_eq!(state.handler, changed.handler);
+        }
         other => panic!("claim failed: {other:?}"),
     }
 }

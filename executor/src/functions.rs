@@ -3,13 +3,14 @@
 //!
 //! Functions come from a watch ([`FunctionCache`]), so the warm path of an invocation costs no
 //! API round trip. The watch lags the API server, so a cached Function is trusted only when it
-//! is Ready for its current generation, has the row id the invocation was queued for and the
-//! code checksum PostgreSQL held when the invocation was claimed (the operator records code
-//! there before the Function reports it ready); otherwise (a miss, a Function still being
-//! updated, one deleted and created again under the same name, code edited a moment ago) the
-//! Function is read from the API server, as if there were no cache. A deleted Function stops
-//! resolving once the watch delivers the deletion. Edits that leave the code alone (limits,
-//! environment) take effect once the watch delivers them, normally within milliseconds.
+//! is Ready for its current generation, has the row id the invocation was queued for, and runs
+//! as PostgreSQL said when the invocation was claimed: the same code checksum, handler,
+//! runtime, limits and environment (the operator records a changed Function there before it
+//! reports it ready). Otherwise (a miss, a Function still being updated, one deleted and created
+//! again under the same name, an edit made a moment ago) the Function is read from the API
+//! server, as if there were no cache. A deleted Function stops resolving once the watch
+//! delivers the deletion. Scaling and retry settings are not in the row; their edits take
+//! effect once the watch delivers them, normally within milliseconds.
 //!
 //! Code is not watched: the operator writes the ConfigMap before it reports the checksum in the
 //! Function's status, and the ConfigMap's checksum annotation says which code it holds, so the
@@ -27,7 +28,9 @@ use kube::{Api, Client, ResourceExt, runtime::watcher};
 use kubefaas_core::{
     code::{self, Package},
     resources::{Function, FunctionPhase},
-    runtime, validation,
+    runtime,
+    store::FunctionState,
+    validation,
     watch::FunctionCache,
 };
 use tokio::task::JoinHandle;
@@ -106,13 +109,11 @@ impl KubeFunctions {
         let kubefaas_core::resources::Readiness::Ready(id) = function.readiness() else {
             return None;
         };
-        if let Some(expected) = expected {
-            let checksum = function.status.as_ref().and_then(|s| s.code_checksum.as_deref());
-            if expected.id != id
-                || expected.checksum.as_deref().is_some_and(|want| Some(want) != checksum)
-            {
-                return None;
-            }
+        if let Some(expected) = expected
+            && (expected.id != id
+                || expected.state.as_ref().is_some_and(|state| !runs_as(&function, state)))
+        {
+            return None;
         }
         self.build(namespace, name, &function).await.ok()
     }
@@ -229,6 +230,19 @@ impl KubeFunctions {
             },
         )
     }
+}
+
+/// Whether `function` runs as its PostgreSQL row says: the same code, handler, runtime, limits
+/// and environment.
+fn runs_as(function: &Function, state: &FunctionState) -> bool {
+    let spec = &function.spec;
+    function.status.as_ref().and_then(|s| s.code_checksum.as_deref())
+        == Some(state.code_checksum.as_str())
+        && spec.runtime == state.runtime
+        && spec.handler == state.handler
+        && spec.memory_mb() == state.memory_mb
+        && spec.cpu_millis() == state.cpu_millis
+        && spec.env == state.environment
 }
 
 fn failure(namespace: &str, name: &str, message: impl Into<String>) -> WorkerError {

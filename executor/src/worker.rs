@@ -31,7 +31,7 @@ use std::{
 use kubefaas_core::{
     queue::{Backoff, Consumer, Delivery, Job, Queue, QueueError},
     resources::{InvocationMetrics, RetryPolicy},
-    store::{Claim, InvocationRow, Lease, Outcome, Status, Store, StoreError},
+    store::{Claim, FunctionState, InvocationRow, Lease, Outcome, Status, Store, StoreError},
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -165,16 +165,16 @@ pub struct ResolvedFunction {
 pub struct Expected {
     /// The row id the invocation was queued for (the Function's uid).
     pub id: Uuid,
-    /// The code checksum the function's row holds at the claim, when known. The operator
-    /// records new code in the row before the Function reports it ready, so a copy of the
-    /// Function with another checksum has not caught up.
-    pub checksum: Option<String>,
+    /// How the function's row says it runs at the claim (code, handler, limits, environment),
+    /// when known. The operator records a changed Function in the row before it reports it
+    /// ready, so a copy of the Function that says otherwise has not caught up.
+    pub state: Option<FunctionState>,
 }
 
 impl Expected {
-    /// The function of row `id`, whatever its code.
+    /// The function of row `id`, however it runs.
     pub fn id(id: Uuid) -> Self {
-        Self { id, checksum: None }
+        Self { id, state: None }
     }
 }
 
@@ -360,14 +360,12 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
     /// Handles one delivery from claim to acknowledgement.
     pub async fn process(&self, delivery: Delivery) -> Result<Handled, WorkerError> {
         let job = delivery.job.clone();
-        let (lease, row, function_checksum) = match self
+        let (lease, row, function_state) = match self
             .store
             .claim(job.invocation_id, &self.config.name, self.config.lease)
             .await?
         {
-            Claim::Acquired { lease, invocation, function_checksum } => {
-                (lease, invocation, function_checksum)
-            }
+            Claim::Acquired { lease, invocation, function } => (lease, invocation, function),
             Claim::NotQueued => {
                 // Enqueued before the row was released (should not happen); look again later.
                 self.queue.retry_later(&delivery, Duration::from_secs(1)).await?;
@@ -384,7 +382,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             .resolve(
                 &job.namespace,
                 &job.function,
-                &Expected { id: job.function_id, checksum: Some(function_checksum) },
+                &Expected { id: job.function_id, state: Some(function_state) },
             )
             .await
         {

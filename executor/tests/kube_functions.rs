@@ -33,7 +33,7 @@ use kubefaas_core::{
     queue::{Queue, QueueConfig},
     resources::{Function, FunctionCode, FunctionSpec, crds},
     runtime::Language,
-    store::{Status, Store},
+    store::{FunctionState, Status, Store},
 };
 use kubefaas_executor::{
     Code, SandboxMode,
@@ -200,6 +200,35 @@ impl Cluster {
         package.checksum()
     }
 
+    /// Sets an environment variable of `name` as a user and the operator would: a new spec (a
+    /// new generation), then the status.
+    async fn edit_env(&self, name: &str, key: &str, value: &str) {
+        let patch = json!({"spec": {"env": {key: value}}});
+        let edited = self
+            .functions()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let status = json!({"status": {"observedGeneration": edited.metadata.generation}});
+        self.functions()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
+    /// How the function's row says it runs, as the operator records it from the Function now.
+    async fn row_state(&self, name: &str) -> FunctionState {
+        let function = self.functions().get(name).await.unwrap();
+        FunctionState {
+            runtime: function.spec.runtime.clone(),
+            handler: function.spec.handler.clone(),
+            code_checksum: function.status.as_ref().unwrap().code_checksum.clone().unwrap(),
+            memory_mb: function.spec.memory_mb(),
+            cpu_millis: function.spec.cpu_millis(),
+            environment: function.spec.env.clone(),
+        }
+    }
+
     /// Deletes the Function and its code ConfigMap.
     async fn delete_function(&self, name: &str) {
         self.functions().delete(name, &DeleteParams::default()).await.unwrap();
@@ -313,6 +342,8 @@ async fn code_edited_a_moment_ago_is_run_even_while_the_watch_still_has_the_old(
     wire.hold_watch_events(true);
     let new_source = "def handler(event, context):\n    return 'edited'\n";
     let checksum = cluster.edit_code("edited", new_source).await;
+    let state = cluster.row_state("edited").await;
+    assert_eq!(state.code_checksum, checksum);
     let stale = functions.cache().get("default", "edited").unwrap();
     assert_ne!(
         stale.status.as_ref().unwrap().code_checksum.as_deref(),
@@ -321,13 +352,31 @@ async fn code_edited_a_moment_ago_is_run_even_while_the_watch_still_has_the_old(
     );
 
     // PostgreSQL's checksum (what the claim reports) tells the cached copy is out of date.
-    let expected = Expected { id, checksum: Some(checksum) };
+    let expected = Expected { id, state: Some(state) };
     let resolved = functions.resolve("default", "edited", &expected).await.unwrap().unwrap();
     assert!(
         matches!(&resolved.spec.code, Code::File { contents, .. } if contents == new_source.as_bytes()),
         "the new code is run"
     );
     assert_eq!(wire.function_reads("edited"), 1, "read from the API server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_edited_a_moment_ago_applies_even_while_the_watch_still_has_the_old() {
+    let (cluster, wire, functions) = watched().await;
+    let id = cluster.ready_function("configured", 0).await;
+    cached(&functions, "configured", id).await;
+    let state = cluster.row_state("configured").await;
+    let before = Expected { id, state: Some(state) };
+    functions.resolve("default", "configured", &before).await.unwrap().unwrap();
+    assert_eq!(wire.function_reads("configured"), 0, "served from the watch");
+
+    wire.hold_watch_events(true);
+    cluster.edit_env("configured", "MODE", "new").await;
+    let after = Expected { id, state: Some(cluster.row_state("configured").await) };
+    let resolved = functions.resolve("default", "configured", &after).await.unwrap().unwrap();
+    assert_eq!(resolved.spec.env.get("MODE").map(String::as_str), Some("new"));
+    assert_eq!(wire.function_reads("configured"), 1, "read from the API server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

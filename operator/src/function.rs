@@ -334,9 +334,6 @@ pub(crate) fn function_record(
         (None, None, Package::Zip(_)) => (CodeSource::Zip, None),
         (None, None, Package::File { .. }) => (CodeSource::Inline, None),
     };
-    // Validation has checked these parse and lie within the platform's bounds.
-    let memory_bytes = validation::parse_memory_bytes(&spec.resources.memory).unwrap_or(0);
-    let cpu_millis = validation::parse_cpu_millis(&spec.resources.cpu).unwrap_or(0);
     let metadata = function
         .annotations()
         .get(names::METADATA_ANNOTATION)
@@ -355,8 +352,8 @@ pub(crate) fn function_record(
         code_checksum: package.checksum(),
         code_size: i64::try_from(package.size()).unwrap_or(i64::MAX),
         timeout_seconds: spec.timeout_seconds,
-        memory_mb: i32::try_from(memory_bytes.div_ceil(1024 * 1024)).unwrap_or(i32::MAX).max(1),
-        cpu_millis: i32::try_from(cpu_millis).unwrap_or(i32::MAX).max(1),
+        memory_mb: spec.memory_mb(),
+        cpu_millis: spec.cpu_millis(),
         max_concurrency: spec.max_concurrency,
         environment: spec.env.clone(),
         metadata,

@@ -114,6 +114,20 @@ impl FunctionSpec {
             retry: RetryPolicy::default(),
         }
     }
+
+    /// The memory limit in whole MiB, rounded up, as PostgreSQL records it (at least 1; 1 for
+    /// a quantity that does not parse, which validation refuses before anything is recorded).
+    pub fn memory_mb(&self) -> i32 {
+        let bytes = crate::validation::parse_memory_bytes(&self.resources.memory).unwrap_or(0);
+        i32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(i32::MAX).max(1)
+    }
+
+    /// The CPU limit in millicores, as PostgreSQL records it (at least 1, like
+    /// [`memory_mb`](Self::memory_mb)).
+    pub fn cpu_millis(&self) -> i32 {
+        let millis = crate::validation::parse_cpu_millis(&self.resources.cpu).unwrap_or(0);
+        i32::try_from(millis).unwrap_or(i32::MAX).max(1)
+    }
 }
 
 impl FunctionCode {
