@@ -255,8 +255,9 @@ async fn stored_code(
         .map(|package| package.bytes().to_vec()))
 }
 
-/// Runtime pods of the function that are running (the `kubernetes` backend's warm instances);
-/// `None` when they cannot be counted right now.
+/// Runtime pods of the function that are ready to serve (the `kubernetes` backend's warm
+/// instances; a pod still starting, or building Go code, is not counted); `None` when they
+/// cannot be counted right now.
 async fn warm_instances(function: &Function, namespace: &str, ctx: &Context) -> Option<i32> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!("{}={}", names::FUNCTION_LABEL, function.name_any());
@@ -267,9 +268,7 @@ async fn warm_instances(function: &Function, namespace: &str, ctx: &Context) -> 
                 .items
                 .iter()
                 .filter(|pod| pod.owner_references().iter().any(|owner| owner.uid == uid))
-                .filter(|pod| {
-                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                })
+                .filter(|pod| pod_is_ready(pod))
                 .count();
             Some(i32::try_from(running).unwrap_or(i32::MAX))
         }
@@ -278,6 +277,17 @@ async fn warm_instances(function: &Function, namespace: &str, ctx: &Context) -> 
             None
         }
     }
+}
+
+/// Running with its `Ready` condition true.
+fn pod_is_ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else { return false };
+    status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|condition| condition.type_ == "Ready" && condition.status == "True")
 }
 
 /// The ConfigMap holding the code, owned by the function.

@@ -302,7 +302,8 @@ pub struct FunctionStatus {
     /// Size of the stored code in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_size: Option<i64>,
-    /// Instances currently started for the current code.
+    /// Runtime pods of the function that are running and ready to serve (the executor's
+    /// `kubernetes` backend); a pod still starting, or still building Go code, is not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_instances: Option<i32>,
     /// When the function was last invoked.
