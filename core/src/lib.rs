@@ -1,6 +1,8 @@
 //! `kubefaas-core`: everything two or more kubefaas binaries share.
 //!
 //! - [`code`]: function code as stored in its ConfigMap: one source file or a zip archive.
+//! - [`env_from`]: a Function's `envFrom`, resolved from ConfigMaps and Secrets where no
+//!   kubelet does it.
 //! - [`resources`]: the `Function` and `Invocation` custom resources and their CRDs.
 //! - [`http`]: outbound HTTP(S) clients with the platform's TLS set-up.
 //! - [`validation`]: the checks on those resources that the operator and the gateway both apply.
@@ -16,13 +18,14 @@
 //!
 //! This crate owns data shapes, the rules on them and the platform's use of PostgreSQL and
 //! Redis. It must not write to the Kubernetes API or read configuration from the environment:
-//! the binaries decide that; its one use of the API is [`watch`], reading through a client the
-//! caller passes in. It starts no background work behind the caller's back: its tasks, the
+//! the binaries decide that; its uses of the API, [`watch`] and [`env_from`], read through a client
+//! the caller passes in. It starts no background work behind the caller's back: its tasks, the
 //! completion listener and the watches, are started by the caller through
 //! [`queue::Completions::start`] and [`watch::Cache::start`], which hand back their
 //! `JoinHandle`s (the redis client's own connection drivers aside).
 
 pub mod code;
+pub mod env_from;
 pub mod http;
 pub mod queue;
 pub mod resources;

@@ -232,6 +232,14 @@ pub fn validate_function(
                 ErrorKind::Invalid,
                 format!("{prefix:?}: may contain only letters, digits and '_'"),
             );
+        } else if let Some(prefix) = &source.prefix
+            && prefix.starts_with(RESERVED_ENV_PREFIX)
+        {
+            errs.push(
+                format!("{path}.prefix"),
+                ErrorKind::Forbidden,
+                format!("names starting with {RESERVED_ENV_PREFIX} are reserved for the platform"),
+            );
         }
     }
 
@@ -659,7 +667,7 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn is_env_name(s: &str) -> bool {
+pub(crate) fn is_env_name(s: &str) -> bool {
     is_identifier(s)
 }
 
@@ -866,6 +874,20 @@ mod tests {
         });
         let errs = errors_of(&spec);
         assert!(errs.mentions("spec.envFrom[0]") && errs.mentions("spec.envFrom[1]"), "{errs}");
+    }
+
+    #[test]
+    fn env_from_prefixes_may_not_claim_the_platform_names() {
+        let mut spec = python_hello();
+        spec.env_from.push(EnvFromSource {
+            secret_ref: Some(LocalObjectRef { name: "db".into() }),
+            prefix: Some("KUBEFAAS_DB_".into()),
+            ..EnvFromSource::default()
+        });
+        let errs = errors_of(&spec);
+        assert_eq!(errs.errors().len(), 1, "{errs}");
+        assert_eq!(errs.errors()[0].path, "spec.envFrom[0].prefix");
+        assert_eq!(errs.errors()[0].kind, ErrorKind::Forbidden);
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub enum Error {
     /// The instance process could not be started.
     #[error("starting the instance: {0}")]
     SpawnInstance(#[source] std::io::Error),
+    /// The function's `envFrom` could not be read, so no instance can start with the
+    /// environment it asks for.
+    #[error("spec.envFrom: {0}")]
+    EnvFrom(String),
     /// The per-instance cgroup could not be created or configured.
     #[error("setting up cgroup {path}: {source}")]
     Cgroup {

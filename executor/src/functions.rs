@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client, ResourceExt, runtime::watcher};
 use kubefaas_core::{
     code::{self, Package},
+    env_from::{self, EnvSource},
     resources::{Function, FunctionPhase},
     runtime,
     store::FunctionState,
@@ -50,6 +51,9 @@ pub struct KubeFunctions {
     resolved: Mutex<HashMap<(String, String), Resolved>>,
     /// Functions read from the API server because the watch had not caught up.
     fetched: std::sync::atomic::AtomicU64,
+    /// Whether `envFrom` is resolved into each function's environment here (for a backend
+    /// whose instances do not read it themselves).
+    resolve_env_from: bool,
 }
 
 /// A resolved function and what it was resolved from.
@@ -69,8 +73,11 @@ impl std::fmt::Debug for KubeFunctions {
 impl KubeFunctions {
     /// A source over `client`, watching the Functions of every namespace. The task keeps the
     /// watch going until aborted; resolving works before the first listing arrives (every
-    /// function is then read from the API server).
-    pub fn start(client: Client) -> (Arc<Self>, JoinHandle<()>) {
+    /// function is then read from the API server). With `resolve_env_from`, each function's
+    /// `envFrom` Secrets and ConfigMaps are read into its environment when its generation is
+    /// first resolved (see [`kubefaas_core::env_from`]); without, `envFrom` is left to the
+    /// backend ([`Backend::READS_ENV_FROM`](crate::Backend::READS_ENV_FROM)).
+    pub fn start(client: Client, resolve_env_from: bool) -> (Arc<Self>, JoinHandle<()>) {
         let (cache, task) =
             FunctionCache::start(Api::all(client.clone()), watcher::Config::default());
         let functions = Arc::new(Self {
@@ -78,6 +85,7 @@ impl KubeFunctions {
             cache,
             resolved: Mutex::default(),
             fetched: Default::default(),
+            resolve_env_from,
         });
         (functions, task)
     }
@@ -185,9 +193,30 @@ impl KubeFunctions {
             Some(code) => code,
             None => self.read_code(namespace, name, checksum).await?,
         };
-        let resolved = Arc::new(
-            resolved_function(function, id, code).map_err(|e| failure(namespace, name, e))?,
-        );
+        let mut resolved =
+            resolved_function(function, id, code).map_err(|e| failure(namespace, name, e))?;
+        if self.resolve_env_from && !resolved.env_from.is_empty() {
+            match env_from::resolve(&self.client, namespace, &resolved.env_from).await {
+                Ok(from) => {
+                    if !from.skipped.is_empty() {
+                        tracing::warn!(
+                            %namespace, function = %name, skipped = ?from.skipped,
+                            "envFrom keys that are not valid variable names were skipped"
+                        );
+                    }
+                    let spec = Arc::make_mut(&mut resolved.spec);
+                    let own = std::mem::replace(&mut spec.env, from.vars);
+                    spec.env.extend(own);
+                }
+                // As a kubelet keeps such a pod from starting: the backend fails the attempt,
+                // and the next resolution reads the objects again (this one is not kept).
+                Err(error) => {
+                    resolved.env_from_error = Some(error.to_string());
+                    return Ok(Arc::new(resolved));
+                }
+            }
+        }
+        let resolved = Arc::new(resolved);
         self.resolved().insert(
             key,
             Resolved {
@@ -291,6 +320,8 @@ pub fn resolved_function(
     Ok(ResolvedFunction {
         id,
         spec: Arc::new(driver_spec),
+        env_from: spec.env_from.iter().filter_map(EnvSource::of_function).collect(),
+        env_from_error: None,
         scaling: Scaling {
             min_warm: non_negative(spec.scaling.min_warm),
             max_instances: non_negative(spec.scaling.max_instances).max(1),

@@ -30,10 +30,11 @@ use kube::{
 };
 use kubefaas_core::{
     code,
+    env_from::SourceKind,
     resources::{Function, GROUP, VERSION},
     runtime,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::{
@@ -198,6 +199,9 @@ fn fingerprint(function: &ResolvedFunction) -> u64 {
     let mut h = DefaultHasher::new();
     (function.id, &spec.checksum, &spec.handler, &spec.version, &spec.env, spec.limits)
         .hash(&mut h);
+    for source in &function.env_from {
+        (source.kind == SourceKind::Secret, &source.name, &source.prefix).hash(&mut h);
+    }
     spec.language.as_str().hash(&mut h);
     h.finish()
 }
@@ -571,6 +575,9 @@ const UNRECOVERABLE: &[&str] = &[
 impl Backend for Arc<KubernetesBackend> {
     type Error = KubernetesError;
 
+    /// Runtime pods carry the function's `envFrom`; the kubelet reads it.
+    const READS_ENV_FROM: bool = true;
+
     async fn keep_warm(&self, namespace: &str, function: &Arc<ResolvedFunction>) {
         let (stale, placeholders) = {
             let mut functions = self.lock();
@@ -767,6 +774,8 @@ pub fn runtime_pod(
         json!({"name": env::FUNCTION_VERSION, "value": spec.version}),
         json!({"name": env::MEMORY_MB, "value": memory_mb.to_string()}),
         json!({"name": env::TIMEOUT_SECONDS, "value": timeout.to_string()}),
+        // Set here so that no envFrom key can set it (env wins over envFrom).
+        json!({"name": env::SANDBOX, "value": "off"}),
     ];
     env.extend(
         spec.env
@@ -774,6 +783,21 @@ pub fn runtime_pod(
             .filter(|(k, _)| !k.starts_with("KUBEFAAS_"))
             .map(|(k, v)| json!({"name": k, "value": v})),
     );
+    let env_from: Vec<Value> = function
+        .env_from
+        .iter()
+        .map(|source| {
+            let reference = json!({"name": source.name});
+            let mut entry = match source.kind {
+                SourceKind::ConfigMap => json!({"configMapRef": reference}),
+                SourceKind::Secret => json!({"secretRef": reference}),
+            };
+            if !source.prefix.is_empty() {
+                entry["prefix"] = json!(source.prefix);
+            }
+            entry
+        })
+        .collect();
     let limits = json!({
         "memory": spec.limits.memory_bytes.to_string(),
         "cpu": format!("{}m", spec.limits.cpu_millis),
@@ -817,6 +841,7 @@ pub fn runtime_pod(
                 "image": image,
                 "ports": [{"name": "http", "containerPort": config.port, "protocol": "TCP"}],
                 "env": env,
+                "envFrom": env_from,
                 "resources": {"limits": limits, "requests": limits},
                 "readinessProbe": {
                     "httpGet": {"path": "/healthz", "port": config.port},
@@ -848,6 +873,8 @@ pub fn runtime_pod(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use kubefaas_core::env_from::EnvSource;
+
     use crate::{Code, FunctionSpec, Scaling};
 
     fn fixture() -> (Function, ResolvedFunction) {
@@ -865,6 +892,13 @@ mod tests {
         let resolved = ResolvedFunction {
             id: uuid::Uuid::nil(),
             spec: Arc::new(spec),
+            env_from: vec![EnvSource {
+                kind: SourceKind::Secret,
+                name: "db".into(),
+                prefix: "DB_".into(),
+                optional: false,
+            }],
+            env_from_error: None,
             scaling: Scaling::default(),
             max_concurrency: 1,
             retry: Default::default(),
@@ -903,10 +937,12 @@ mod tests {
         let env = container["env"].as_array().unwrap();
         assert!(env.contains(&json!({"name": "GREETING", "value": "hi"})));
         assert!(env.contains(&json!({"name": "KUBEFAAS_HANDLER", "value": "main.handler"})));
+        assert!(env.contains(&json!({"name": "KUBEFAAS_SANDBOX", "value": "off"})));
+        assert_eq!(container["envFrom"], json!([{"secretRef": {"name": "db"}, "prefix": "DB_"}]));
     }
 
     #[test]
-    fn a_change_of_code_or_limits_changes_the_fingerprint() {
+    fn a_change_of_code_limits_or_env_sources_changes_the_fingerprint() {
         let (_, resolved) = fixture();
         let before = fingerprint(&resolved);
         let mut spec = (*resolved.spec).clone();
@@ -914,6 +950,9 @@ mod tests {
         let changed = ResolvedFunction { spec: Arc::new(spec), ..resolved.clone() };
         assert_ne!(before, fingerprint(&changed));
         assert_eq!(before, fingerprint(&resolved));
+        let mut moved = resolved.clone();
+        moved.env_from[0].name = "other-db".into();
+        assert_ne!(before, fingerprint(&moved), "envFrom is part of the fingerprint");
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub async fn run_watching<B: Backend + Clone>(
     backend: B,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let (functions, watch) = KubeFunctions::start(client);
+    let (functions, watch) = KubeFunctions::start(client, !B::READS_ENV_FROM);
     let warmer =
         tokio::spawn(crate::warm::keep_warm(Arc::clone(&functions), backend.clone(), WARM_RESYNC));
     let result = run_with_backend(config, functions, backend, shutdown).await;

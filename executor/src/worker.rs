@@ -29,6 +29,7 @@ use std::{
 };
 
 use kubefaas_core::{
+    env_from::EnvSource,
     queue::{Backoff, Consumer, Delivery, Job, Queue, QueueError},
     resources::{InvocationMetrics, RetryPolicy},
     store::{Claim, FunctionState, InvocationRow, Lease, Outcome, Status, Store, StoreError},
@@ -50,6 +51,11 @@ use crate::{
 pub trait Backend: Send + Sync + 'static {
     /// Why an invocation could not be run at all (as opposed to the function failing).
     type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Whether the backend's instances read a function's `envFrom` Secrets and ConfigMaps
+    /// themselves (a kubelet does, for a pod). When not, they are read into the function's
+    /// environment before it reaches the backend.
+    const READS_ENV_FROM: bool = false;
 
     /// Runs `request` on an instance of `function` (of `namespace`), waiting for a free one.
     fn invoke(
@@ -97,10 +103,16 @@ impl Backend for Arc<Pool> {
         function: &Arc<ResolvedFunction>,
         request: &Request,
     ) -> Result<Invocation, crate::Error> {
+        if let Some(error) = &function.env_from_error {
+            return Err(crate::Error::EnvFrom(error.clone()));
+        }
         Pool::invoke(self, Arc::clone(&function.spec), function.scaling, request).await
     }
 
     async fn keep_warm(&self, _namespace: &str, function: &Arc<ResolvedFunction>) {
+        if function.env_from_error.is_some() {
+            return;
+        }
         let spec = Arc::clone(&function.spec);
         if let Err(error) = self.ensure_warm(spec, function.scaling).await {
             tracing::warn!(function = %function.spec.pool_key(), %error, "starting warm instances failed");
@@ -152,6 +164,13 @@ pub struct ResolvedFunction {
     pub id: Uuid,
     /// Code, handler, limits and environment.
     pub spec: Arc<FunctionSpec>,
+    /// The function's `envFrom` sources. A backend that reads them itself
+    /// ([`Backend::READS_ENV_FROM`]) passes them on; for the others they are already resolved
+    /// into `spec.env`.
+    pub env_from: Vec<EnvSource>,
+    /// Why `env_from` could not be resolved into `spec.env` (a Secret or ConfigMap is missing,
+    /// say); the local backend starts no instance of the function while it is set.
+    pub env_from_error: Option<String>,
     /// Warm instances and their bounds.
     pub scaling: Scaling,
     /// Most invocations of the function running at once on this executor.

@@ -242,7 +242,7 @@ async fn watched() -> (Cluster, Wire, Arc<KubeFunctions>) {
     let cluster = Cluster::start().await;
     let wire = Wire::new();
     // The watch task runs on its own: dropping its handle does not stop it.
-    let (functions, _) = KubeFunctions::start(wire.client(cluster.client.clone()));
+    let (functions, _) = KubeFunctions::start(wire.client(cluster.client.clone()), true);
     (cluster, wire, functions)
 }
 
@@ -417,7 +417,7 @@ async fn a_ready_function_with_min_warm_gets_a_running_pod_before_any_invocation
     let mut config = KubernetesConfig::new(&executor);
     config.reap_interval = Duration::from_millis(200);
     let backend = KubernetesBackend::start(cluster.client.clone(), config).await;
-    let (functions, _watch) = KubeFunctions::start(cluster.client.clone());
+    let (functions, _watch) = KubeFunctions::start(cluster.client.clone(), false);
     let warmer = tokio::spawn(kubefaas_executor::warm::keep_warm(
         Arc::clone(&functions),
         Arc::clone(&backend),

@@ -79,6 +79,8 @@ impl Harness {
         let resolved = ResolvedFunction {
             id: row.record.id,
             spec: Arc::new(spec),
+            env_from: Vec::new(),
+            env_from_error: None,
             scaling: Scaling::default(),
             max_concurrency: 4,
             retry: RetryPolicy { max_attempts: 3, backoff_seconds: 1, on_function_error: false },

@@ -310,6 +310,56 @@ async fn memory_hog_fails_out_of_memory(platform: &Platform) {
     assert_eq!(oom["status"]["error"]["type"], "OutOfMemory", "{}", oom["status"]);
 }
 
+/// A Function's `envFrom` reaches its handler as a pod's does: the keys of a ConfigMap and of a
+/// Secret (written with `stringData`, prefixed), `env` winning over both, names that are not
+/// variables skipped. One whose Secret is missing fails saying so, and runs once it exists.
+async fn env_from_secrets_and_config_maps_reach_the_function(platform: &Platform) {
+    platform
+        .apply(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  MODE: from-configmap\n  LEVEL: \"3\"\n  app.conf: ignored\n",
+        )
+        .await;
+    platform
+        .apply(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  PASSWORD: s3cret\n  USER: admin\n",
+        )
+        .await;
+    let handler = "import os\ndef handler(event, context):\n    return {k: os.environ.get(k) for k in event['keys']}";
+    let keys = "{keys: [MODE, LEVEL, DB_PASSWORD, DB_USER, PASSWORD, app.conf]}";
+    let sources = "  env: {MODE: from-env}\n  envFrom:\n  - configMapRef: {name: settings}\n  - secretRef: {name: db}\n    prefix: DB_\n";
+    platform.apply(&function("configured", "python", "main.handler", handler, sources)).await;
+    platform.wait_phase("function/configured", "Ready").await;
+    platform.invoke("configured-1", "configured", keys).await;
+    let done = platform.wait_phase("invocation/configured-1", "Succeeded").await;
+    assert_eq!(
+        done["status"]["result"],
+        serde_json::json!({
+            "MODE": "from-env", "LEVEL": "3", "DB_PASSWORD": "s3cret", "DB_USER": "admin",
+            "PASSWORD": null, "app.conf": null,
+        })
+    );
+
+    let missing = "  retry: {maxAttempts: 1}\n  envFrom:\n  - secretRef: {name: absent}\n";
+    platform.apply(&function("unconfigured", "python", "main.handler", handler, missing)).await;
+    platform.wait_phase("function/unconfigured", "Ready").await;
+    platform.invoke("unconfigured-1", "unconfigured", "{keys: [TOKEN]}").await;
+    let failed = platform.wait_phase("invocation/unconfigured-1", "Failed").await;
+    let message = failed["status"]["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("secret \"absent\" not found"), "{}", failed["status"]);
+    platform
+        .apply("apiVersion: v1\nkind: Secret\nmetadata:\n  name: absent\nstringData:\n  TOKEN: here-now\n")
+        .await;
+    platform.invoke("unconfigured-2", "unconfigured", "{keys: [TOKEN]}").await;
+    let done = platform.wait_phase("invocation/unconfigured-2", "Succeeded").await;
+    assert_eq!(done["status"]["result"]["TOKEN"], "here-now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_from_works_on_the_local_backend() {
+    let platform = Platform::start().await;
+    env_from_secrets_and_config_maps_reach_the_function(&platform).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_in_every_runtime_run_through_resources_with_their_limits() {
     let platform = Platform::start_with(env("REDIS_URL"), true).await;
@@ -681,6 +731,13 @@ async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the
 
     // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
     memory_hog_fails_out_of_memory(&platform).await;
+
+    // envFrom: the pod carries it, and the node agent reads it as a kubelet does.
+    env_from_secrets_and_config_maps_reach_the_function(&platform).await;
+    let pods = platform
+        .kubectl_ok(&["get", "pods", "-l", "kubefaas.io/function=configured", "-o", "json"])
+        .await;
+    assert!(!pods.contains("s3cret"), "a Secret's value is written into the pod spec: {pods}");
 
     // Deleting the Function garbage-collects its pods, and the node agent stops them.
     platform.kubectl_ok(&["delete", "function", "hello", "--wait=true"]).await;

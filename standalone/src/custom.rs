@@ -22,12 +22,16 @@ pub(crate) enum FieldValidation {
     Strict,
 }
 
-/// Defaults, prunes and validates `object` against `rt`'s schema; a no-op for built-ins.
+/// Defaults, prunes and validates `object` against `rt`'s schema. Of the built-ins, only a
+/// Secret is changed: its write-only `stringData` is folded into `data`.
 pub(crate) fn admit(
     rt: &ResourceType,
     object: &mut Value,
     validation: FieldValidation,
 ) -> ApiResult<()> {
+    if rt.group.is_empty() && rt.kind == "Secret" {
+        fold_string_data(object);
+    }
     let Some(schema) = &rt.schema else { return Ok(()) };
     let unknown = schema::unknown_fields(object, schema);
     if !unknown.is_empty() && validation == FieldValidation::Strict {
@@ -38,6 +42,24 @@ pub(crate) fn admit(
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     schema::validate(object, schema)
         .map_err(|errors| ApiError::invalid(&rt.kind, &rt.group, &name, &errors))
+}
+
+/// Moves a Secret's `stringData` into `data`, base64-encoded, over any `data` key of the same
+/// name, as the API server does: `stringData` is never stored or returned.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(map) = secret.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = map.remove("stringData") else { return };
+    let data = map.entry("data").or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            data.insert(key, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
 }
 
 /// Applies `default`s and removes undeclared fields below `value`. At the root, `apiVersion`,
@@ -113,6 +135,20 @@ mod tests {
         admit(&rt, &mut obj.clone(), FieldValidation::Strict).unwrap_err();
         admit(&rt, &mut obj, FieldValidation::Ignore).unwrap();
         assert_eq!(obj["spec"], json!({"size": 1, "mode": "fast", "free": {"any": 1}}));
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let secrets = crate::registry::builtins().into_iter().find(|r| r.kind == "Secret").unwrap();
+        let mut obj = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+            "data": {"USER": "b2xk", "KEEP": "eA=="},
+            "stringData": {"USER": "admin", "PASSWORD": "s3cret"}});
+        admit(&secrets, &mut obj, FieldValidation::Strict).unwrap();
+        assert_eq!(obj.get("stringData"), None);
+        assert_eq!(
+            obj["data"],
+            json!({"USER": "YWRtaW4=", "PASSWORD": "czNjcmV0", "KEEP": "eA=="})
+        );
     }
 
     #[test]

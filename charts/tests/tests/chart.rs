@@ -338,6 +338,8 @@ fn executors_runtime_pod(namespace: &str) -> Pod {
     let function = ResolvedFunction {
         id: uuid::Uuid::nil(),
         spec: Arc::new(spec),
+        env_from: Vec::new(),
+        env_from_error: None,
         scaling: Scaling::default(),
         max_concurrency: 1,
         retry: Default::default(),

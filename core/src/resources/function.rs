@@ -69,7 +69,12 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
 
     /// Secrets and ConfigMaps (in the function's namespace) whose keys become environment
-    /// variables of every instance. `env` wins on a name clash.
+    /// variables of every instance, as a pod's `envFrom` does. A later entry wins over an
+    /// earlier one on a name clash, and `env` wins over them all. Keys that are not valid
+    /// variable names, or that start with `KUBEFAAS_`, are skipped. The values are read when an
+    /// instance starts: an edit of the Secret or ConfigMap reaches instances started after it.
+    /// A missing Secret or ConfigMap keeps instances from starting, and invocations fail saying
+    /// which.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
 
@@ -189,7 +194,8 @@ pub struct EnvFromSource {
     /// A Secret in the function's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectRef>,
-    /// Prefix added to every variable name taken from this source.
+    /// Prefix added to every variable name taken from this source (letters, digits and `_`;
+    /// not starting with `KUBEFAAS_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,7 +108,12 @@ pub(crate) async fn run(
                 let volume_dir = |v: &str| {
                     volumes.get(v).cloned().unwrap_or_else(|| dir.join("missing").join(v))
                 };
-                match spec::plan(container, ip, &dir.join("root"), &volume_dir) {
+                let Some(env_from) =
+                    env_from(&agent, container, index, &api, &name, &mut status, &mut stop).await
+                else {
+                    break;
+                };
+                match spec::plan(container, ip, &dir.join("root"), &volume_dir, env_from) {
                     Ok(plan) => {
                         let supervisor = Supervisor {
                             agent: Arc::clone(&agent),
@@ -166,6 +171,48 @@ pub(crate) async fn run(
         tracing::warn!(pod = %name, %error, "pod directory could not be removed");
     }
     tracing::info!(namespace, pod = %name, %ip, "pod stopped");
+}
+
+/// The variables of the container's `envFrom`, read as a kubelet reads them: while a Secret or
+/// ConfigMap it needs is missing, the container waits (`CreateContainerConfigError`, saying
+/// which) and the agent reads again. `None` when the pod is stopped meanwhile.
+async fn env_from(
+    agent: &Agent,
+    container: &Container,
+    index: usize,
+    api: &Api<Pod>,
+    name: &str,
+    status: &mut PodStatus,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<BTreeMap<String, String>> {
+    let sources = spec::env_sources(container);
+    if sources.is_empty() {
+        return Some(BTreeMap::new());
+    }
+    let namespace = api.namespace().unwrap_or_default();
+    loop {
+        match kubefaas_core::env_from::resolve(&agent.client, namespace, &sources).await {
+            Ok(resolved) => {
+                if !resolved.skipped.is_empty() {
+                    tracing::warn!(
+                        pod = %name, container = %container.name, skipped = ?resolved.skipped,
+                        "envFrom keys that are not valid variable names were skipped"
+                    );
+                }
+                return Some(resolved.vars);
+            }
+            Err(error) => {
+                if let Some(slot) = status.containers.get_mut(index) {
+                    slot.state = waiting("CreateContainerConfigError", &error.to_string());
+                }
+                status.write(api, name).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    () = super::stopped(stop) => return None,
+                }
+            }
+        }
+    }
 }
 
 /// Makes the pod's directories and volumes. `Err(Some)` reports a refusal, `Err(None)` a stop.

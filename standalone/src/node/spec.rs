@@ -7,7 +7,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
-use kubefaas_core::{runtime, validation};
+use kubefaas_core::{
+    env_from::{EnvSource, SourceKind},
+    runtime, validation,
+};
 
 use super::cgroup::Limits;
 
@@ -100,13 +103,40 @@ pub(crate) fn runtime_of(image: &str) -> Option<&'static runtime::Runtime> {
         .find(|r| image == r.image || image.strip_suffix(r.image).is_some_and(|p| p.ends_with('/')))
 }
 
+/// The container's `envFrom` entries, for [`kubefaas_core::env_from::resolve`].
+pub(crate) fn env_sources(container: &Container) -> Vec<EnvSource> {
+    let mut out = Vec::new();
+    for source in container.env_from.iter().flatten() {
+        let prefix = source.prefix.clone().unwrap_or_default();
+        if let Some(r) = &source.config_map_ref {
+            out.push(EnvSource {
+                kind: SourceKind::ConfigMap,
+                name: r.name.clone(),
+                prefix: prefix.clone(),
+                optional: r.optional.unwrap_or(false),
+            });
+        }
+        if let Some(r) = &source.secret_ref {
+            out.push(EnvSource {
+                kind: SourceKind::Secret,
+                name: r.name.clone(),
+                prefix,
+                optional: r.optional.unwrap_or(false),
+            });
+        }
+    }
+    out
+}
+
 /// Translates `container` of a pod into a plan, with `root` the directory standing in for the
-/// container's root file system and `volume_dir` where each volume is materialised.
+/// container's root file system, `volume_dir` where each volume is materialised and `env_from`
+/// the variables of its `envFrom` (its `env` overrides them).
 pub(crate) fn plan(
     container: &Container,
     ip: Ipv4Addr,
     root: &Path,
     volume_dir: &dyn Fn(&str) -> PathBuf,
+    env_from: BTreeMap<String, String>,
 ) -> Result<Plan, Refusal> {
     let image = container.image.clone().unwrap_or_default();
     let runtime = runtime_of(&image).ok_or_else(|| {
@@ -146,7 +176,7 @@ pub(crate) fn plan(
         }
     };
 
-    let mut env = BTreeMap::new();
+    let mut env = env_from;
     for var in container.env.iter().flatten() {
         if var.value_from.is_some() {
             return Err(refuse(
@@ -221,9 +251,14 @@ mod tests {
 
     fn plan_of(pod: &Pod) -> Result<Plan, Refusal> {
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        plan(container, Ipv4Addr::new(127, 1, 0, 7), Path::new("/pods/p/root"), &|v| {
-            PathBuf::from(format!("/pods/p/volumes/{v}"))
-        })
+        let env_from = [("GREETING".to_owned(), "from a secret".to_owned())].into();
+        plan(
+            container,
+            Ipv4Addr::new(127, 1, 0, 7),
+            Path::new("/pods/p/root"),
+            &|v| PathBuf::from(format!("/pods/p/volumes/{v}")),
+            env_from,
+        )
     }
 
     #[test]
@@ -259,7 +294,7 @@ mod tests {
         assert_eq!(plan.env["KUBEFAAS_WORK_DIR"], "/pods/p/volumes/tmp/kubefaas");
         assert_eq!(plan.env["KUBEFAAS_LISTEN"], "127.1.0.7:9000");
         assert_eq!(plan.env["KUBEFAAS_RUNTIME"], "python");
-        assert_eq!(plan.env["GREETING"], "hi");
+        assert_eq!(plan.env["GREETING"], "hi", "env overrides envFrom");
         assert_eq!(plan.port, 9000);
         assert_eq!(plan.limits, Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(250) });
     }
@@ -270,7 +305,37 @@ mod tests {
         let plan = plan_of(&pod).unwrap();
         assert_eq!(plan.env["KUBEFAAS_WORK_DIR"], "/pods/p/root/tmp/kubefaas");
         assert_eq!(plan.env["KUBEFAAS_LISTEN"], "127.1.0.7:8080");
+        assert_eq!(plan.env["GREETING"], "from a secret");
         assert_eq!(plan.limits, Limits::default());
+    }
+
+    #[test]
+    fn env_from_entries_become_sources_with_their_prefix_and_optionality() {
+        let pod = pod(json!({
+            "name": "c", "image": "kubefaas/runtime-python:3.12",
+            "envFrom": [
+                {"configMapRef": {"name": "settings"}},
+                {"secretRef": {"name": "db", "optional": true}, "prefix": "DB_"},
+            ],
+        }));
+        let sources = env_sources(&pod.spec.as_ref().unwrap().containers[0]);
+        assert_eq!(
+            sources,
+            [
+                EnvSource {
+                    kind: SourceKind::ConfigMap,
+                    name: "settings".into(),
+                    prefix: String::new(),
+                    optional: false,
+                },
+                EnvSource {
+                    kind: SourceKind::Secret,
+                    name: "db".into(),
+                    prefix: "DB_".into(),
+                    optional: true,
+                },
+            ]
+        );
     }
 
     #[test]
