@@ -86,6 +86,11 @@ impl Tokens {
         Ok(rows)
     }
 
+    /// Drops the cached rows of `prefix`, so a token just revoked stops working here at once.
+    pub(crate) fn forget(&self, prefix: &str) {
+        self.lock().remove(prefix);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, TokenCache> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }

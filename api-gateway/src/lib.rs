@@ -303,7 +303,31 @@ pub async fn create_token(
     name: &str,
     namespaces: &[String],
 ) -> Result<NewToken, Error> {
+    Ok(token_store(database_url).await?.create_token(name, namespaces, None).await?)
+}
+
+/// The API tokens in the database at `database_url`, newest first, as `GET /tokens` shows
+/// them (never a secret or a hash).
+pub async fn list_tokens(database_url: &str) -> Result<Vec<model::TokenInfo>, Error> {
+    let rows = token_store(database_url).await?.list_tokens().await?;
+    let now = chrono::Utc::now();
+    Ok(rows.iter().map(|row| model::TokenInfo::of(row, now)).collect())
+}
+
+/// Revokes the API token `id` in the database at `database_url`: the revoked token, or `None`
+/// when no active token has that id. Gateways stop accepting it within their token cache's
+/// lifetime (10 s).
+pub async fn revoke_token(
+    database_url: &str,
+    id: uuid::Uuid,
+) -> Result<Option<model::TokenInfo>, Error> {
+    let row = token_store(database_url).await?.revoke_token(id).await?;
+    Ok(row.map(|row| model::TokenInfo::of(&row, chrono::Utc::now())))
+}
+
+/// The store at `database_url`, migrated (token commands may run before any gateway did).
+async fn token_store(database_url: &str) -> Result<Store, Error> {
     let store = Store::connect(&StoreConfig::new(database_url)).await?;
     store.migrate().await?;
-    Ok(store.create_token(name, namespaces, None).await?)
+    Ok(store)
 }

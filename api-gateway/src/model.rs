@@ -411,6 +411,9 @@ pub struct CreateToken {
     /// Namespaces the token may act in; `*` for all.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// When the token stops working (RFC 3339, in the future); never when absent.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A token just created.
@@ -428,4 +431,50 @@ pub struct TokenCreated {
     pub namespaces: Vec<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A stored token as `GET /tokens` shows it: never the secret or its hash.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// Token id (what `DELETE /tokens/{id}` takes).
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its first characters, to tell tokens apart.
+    pub token_prefix: String,
+    /// Namespaces it may act in.
+    pub namespaces: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Whether it works now: neither revoked nor expired.
+    pub active: bool,
+}
+
+impl TokenInfo {
+    /// What may be shown of `row` at `now`.
+    pub fn of(row: &kubefaas_core::tokens::TokenRow, now: DateTime<Utc>) -> Self {
+        Self {
+            id: row.id,
+            name: row.name.clone(),
+            token_prefix: row.token_prefix.clone(),
+            namespaces: row.namespaces.clone(),
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+            active: row.is_active(now),
+        }
+    }
+}
+
+/// `GET /tokens`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    /// Every token, newest first, revoked and expired ones included.
+    pub tokens: Vec<TokenInfo>,
 }

@@ -29,6 +29,8 @@ use crate::{error, model, routes};
         routes::invocations::logs,
         routes::invocations::list,
         routes::tokens::create,
+        routes::tokens::list,
+        routes::tokens::revoke,
         routes::health::health,
         routes::health::healthz,
         routes::health::ready,
@@ -42,6 +44,8 @@ use crate::{error, model, routes};
         model::InvocationResponse, model::ErrorDetail, model::MetricsDetail, model::InvocationList,
         model::LogsResponse, model::HealthResponse, model::ReadyResponse, model::CreateToken,
         model::TokenCreated,
+        model::TokenInfo,
+        model::TokenList,
     )),
     modifiers(&BearerAuth),
     tags(

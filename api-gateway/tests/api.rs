@@ -292,6 +292,71 @@ async fn tokens_are_required_scoped_to_namespaces_and_rate_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_list_and_revoke_tokens_and_a_revoked_token_stops_at_once() {
+    let rig = Rig::start(|config| config.auth = AuthMode::Token).await;
+    let addr = rig.addr;
+    let admin = rig.store.create_token("admin", &["*".to_owned()], None).await.unwrap();
+    let admin_bearer = format!("Bearer {}", admin.secret);
+    let admin_auth = [("Authorization", admin_bearer.as_str())];
+    let team = rig.store.create_token("team-a", &["team-a".to_owned()], None).await.unwrap();
+    let team_bearer = format!("Bearer {}", team.secret);
+    let team_auth = [("Authorization", team_bearer.as_str())];
+
+    // The team token works (and is now cached by the gateway).
+    let listed = request(addr, "GET", "/functions?namespace=team-a", &team_auth, None).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.json());
+
+    // Only an all-namespaces token lists or revokes tokens.
+    request(addr, "GET", "/tokens", &team_auth, None).await.error(403, "forbidden");
+    let path = format!("/tokens/{}", admin.row.id);
+    request(addr, "DELETE", &path, &team_auth, None).await.error(403, "forbidden");
+
+    // A token that expires must expire in the future; one that does is listed with its date.
+    let past =
+        json!({"name": "old", "namespaces": ["team-a"], "expires_at": "2020-01-01T00:00:00Z"});
+    let error =
+        json(addr, "POST", "/tokens", &admin_auth, &past).await.error(400, "invalid_request");
+    assert_eq!(error["field"], "expires_at");
+    let soon =
+        json!({"name": "ci", "namespaces": ["team-a"], "expires_at": "2999-01-01T00:00:00Z"});
+    let created = json(addr, "POST", "/tokens", &admin_auth, &soon).await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    assert_eq!(created.json()["expires_at"], "2999-01-01T00:00:00Z");
+
+    let list = request(addr, "GET", "/tokens", &admin_auth, None).await;
+    assert_eq!(list.status, 200, "{:?}", list.json());
+    let tokens = list.json()["tokens"].as_array().unwrap().clone();
+    let names: Vec<&str> = tokens.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ci", "team-a", "admin"], "newest first");
+    let body = String::from_utf8_lossy(&list.body).into_owned();
+    for secret in [&admin.secret, &team.secret] {
+        assert!(!body.contains(secret.as_str()), "a secret is listed: {body}");
+    }
+    assert!(!body.contains("hash"), "a hash is listed: {body}");
+    assert_eq!(tokens[1]["token_prefix"], team.row.token_prefix);
+    assert_eq!(tokens[1]["active"], true);
+
+    // Revoked: the token stops working on this gateway at once, though it was cached.
+    let path = format!("/tokens/{}", team.row.id);
+    let revoked = request(addr, "DELETE", &path, &admin_auth, None).await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.json());
+    assert_eq!(revoked.json()["active"], false);
+    assert!(revoked.json()["revoked_at"].is_string());
+    request(addr, "GET", "/functions?namespace=team-a", &team_auth, None)
+        .await
+        .error(401, "unauthorized");
+    request(addr, "DELETE", &path, &admin_auth, None).await.error(404, "not_found");
+    request(addr, "DELETE", "/tokens/not-a-uuid", &admin_auth, None)
+        .await
+        .error(400, "invalid_request");
+    let list = request(addr, "GET", "/tokens", &admin_auth, None).await.json();
+    let team_row = list["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "team-a");
+    assert_eq!(team_row.unwrap()["active"], false, "{list}");
+
+    rig.assert_nothing_created().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_served() {
     let rig = Rig::start(|config| config.cors_origins = vec!["https://ui.example".into()]).await;
     let addr = rig.addr;
@@ -321,7 +386,8 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
-        ("/tokens", &["post"]),
+        ("/tokens", &["get", "post"]),
+        ("/tokens/{id}", &["delete"]),
     ] {
         for method in methods {
             let operation = &doc["paths"][path][method];
@@ -329,7 +395,7 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
             assert!(operation["responses"].is_object(), "{method} {path} has no responses");
         }
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 13, "every route, no more");
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 14, "every route, no more");
     let schemas = &doc["components"]["schemas"];
     for schema in ["ErrorBody", "CreateFunction", "FunctionResponse", "InvocationResponse"] {
         assert!(schemas[schema].is_object(), "{schema} is missing");

@@ -3,7 +3,7 @@
 //! - `kubefaas up` runs the whole platform on one machine (see [`up`]).
 //! - `kubefaas crds` prints the CustomResourceDefinitions.
 //! - `kubefaas fn …`, `invoke`, `logs` talk to the REST gateway (see [`client`]).
-//! - `kubefaas token create` makes an API token in the platform's database.
+//! - `kubefaas token create`, `list` and `revoke` manage API tokens in the platform's database.
 //! - `kubefaas completions SHELL` prints shell completions.
 
 /// `println!` that ignores a closed stdout (`kubefaas fn list | head` must not panic).
@@ -140,6 +140,20 @@ enum TokenCommand {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// List API tokens, newest first (never their secrets).
+    List {
+        /// PostgreSQL URL of the platform.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke an API token: gateways refuse it within 10 s.
+    Revoke {
+        /// Token id (`kubefaas token list` shows it).
+        id: String,
+        /// PostgreSQL URL of the platform.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
@@ -186,7 +200,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             match cli.output {
                 Output::Json => out!(
                     "{}",
-                    serde_json::json!({"name": name, "namespaces": namespaces, "token": token.secret})
+                    serde_json::json!({"id": token.row.id, "name": name, "namespaces": namespaces, "token": token.secret})
                 ),
                 Output::Text => {
                     eprintln!(
@@ -197,6 +211,36 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Token(TokenCommand::List { database_url }) => {
+            let tokens = kubefaas_api_gateway::list_tokens(&database_url)
+                .await
+                .map_err(|e| CliError::Usage(format!("listing tokens: {e}")))?;
+            match cli.output {
+                Output::Json => out!("{}", serde_json::json!({ "tokens": tokens })),
+                Output::Text => print_token_table(&tokens),
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { id, database_url }) => {
+            let uuid = id.parse().map_err(|_| {
+                CliError::Usage(format!(
+                    "{id:?} is not a token id (a UUID; see kubefaas token list)"
+                ))
+            })?;
+            let revoked = kubefaas_api_gateway::revoke_token(&database_url, uuid)
+                .await
+                .map_err(|e| CliError::Usage(format!("revoking the token: {e}")))?
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "no active token has id {id} (unknown, or revoked already)"
+                    ))
+                })?;
+            match cli.output {
+                Output::Json => out!("{}", serde_json::json!(revoked)),
+                Output::Text => out!("token {:?} ({id}) revoked", revoked.name),
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut command = Cli::command();
             let mut stdout = std::io::stdout();
@@ -204,5 +248,35 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let _ = stdout.flush();
             Ok(())
         }
+    }
+}
+
+fn print_token_table(tokens: &[kubefaas_api_gateway::model::TokenInfo]) {
+    out!(
+        "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} NAMESPACES",
+        "ID",
+        "NAME",
+        "PREFIX",
+        "STATE",
+        "CREATED",
+        "EXPIRES"
+    );
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    for token in tokens {
+        let state = match (token.active, token.revoked_at) {
+            (true, _) => "active",
+            (false, Some(_)) => "revoked",
+            (false, None) => "expired",
+        };
+        out!(
+            "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {}",
+            token.id,
+            token.name,
+            token.token_prefix,
+            state,
+            time(&token.created_at),
+            token.expires_at.as_ref().map_or_else(|| "never".to_owned(), time),
+            token.namespaces.join(",")
+        );
     }
 }

@@ -207,6 +207,27 @@ async fn up_runs_the_platform_until_sigterm() {
         "token create",
     );
     assert!(token.trim().len() >= 32, "a token is printed: {token}");
+    let created: serde_json::Value = serde_json::from_str(&ok(
+        cli(&["token", "create", "--name", "doomed", "--namespace-scope", "default", "-o", "json"])
+            .await,
+        "token create -o json",
+    ))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let state = |listed: &str| -> serde_json::Value {
+        let listed: serde_json::Value = serde_json::from_str(listed).unwrap();
+        let tokens = listed["tokens"].as_array().unwrap();
+        let token = tokens.iter().find(|t| t["id"] == id.as_str()).expect("the token is listed");
+        assert!(token.get("token").is_none() && token.get("token_hash").is_none(), "{token}");
+        token["active"].clone()
+    };
+    assert_eq!(state(&ok(cli(&["token", "list", "-o", "json"]).await, "token list")), true);
+    let table = ok(cli(&["token", "list"]).await, "token list");
+    assert!(table.contains(&id) && table.contains("doomed"), "{table}");
+    ok(cli(&["token", "revoke", &id]).await, "token revoke");
+    assert_eq!(state(&ok(cli(&["token", "list", "-o", "json"]).await, "token list")), false);
+    let (success, _, stderr) = cli(&["token", "revoke", &id]).await;
+    assert!(!success && stderr.contains("no active token"), "revoked twice: {stderr}");
 
     let pid = up.id().unwrap().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());

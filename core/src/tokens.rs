@@ -122,16 +122,31 @@ impl Store {
         .map_err(|source| StoreError::Query { op: "find tokens by prefix", source })
     }
 
-    /// Revokes a token. Returns whether an active token was revoked.
-    pub async fn revoke_token(&self, id: Uuid) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    /// Every token, newest first, revoked and expired ones included. The rows carry hashes:
+    /// a caller that shows them leaves those out.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
+        sqlx::query_as(
+            "SELECT id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
+                 revoked_at \
+             FROM api_tokens ORDER BY created_at DESC, id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(|source| StoreError::Query { op: "list tokens", source })
+    }
+
+    /// Revokes a token: the revoked row, or `None` when no token with this id is active
+    /// (unknown, or revoked already).
+    pub async fn revoke_token(&self, id: Uuid) -> Result<Option<TokenRow>> {
+        sqlx::query_as(
+            "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL \
+             RETURNING id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
+                 revoked_at",
         )
         .bind(id)
-        .execute(self.pool())
+        .fetch_optional(self.pool())
         .await
-        .map_err(|source| StoreError::Query { op: "revoke token", source })?;
-        Ok(done.rows_affected() == 1)
+        .map_err(|source| StoreError::Query { op: "revoke token", source })
     }
 }
 

@@ -9,7 +9,7 @@ use axum::{
     Router,
     http::{StatusCode, Uri},
     middleware,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 
 use kube::api::PostParams;
@@ -38,7 +38,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
         .route("/invocations/{id}/logs", get(invocations::logs))
-        .route("/tokens", post(tokens::create))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let open = Router::new()
         .route("/health", get(health::health))
