@@ -106,14 +106,22 @@ pub(crate) struct Gateway {
 impl Gateway {
     pub(crate) fn new(
         base: &str,
+        ca_file: Option<&std::path::Path>,
         token: Option<String>,
         namespace: Option<String>,
         output: Output,
     ) -> Result<Self, CliError> {
-        let http = kubefaas_core::http::client_builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| CliError::Usage(format!("HTTP client: {e}")))?;
+        let mut builder =
+            kubefaas_core::http::client_builder().connect_timeout(Duration::from_secs(5));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|source| CliError::Io {
+                what: format!("reading --ca-file {}", path.display()),
+                source,
+            })?;
+            builder = kubefaas_core::http::trust_extra_cas(builder, &pem)
+                .map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", path.display())))?;
+        }
+        let http = builder.build().map_err(|e| CliError::Usage(format!("HTTP client: {e}")))?;
         Ok(Self { base: base.trim_end_matches('/').to_owned(), http, token, namespace, output })
     }
 

@@ -89,6 +89,10 @@ struct Cli {
     /// The REST gateway.
     #[arg(long, global = true, env = "KUBEFAAS_GATEWAY", default_value = "http://127.0.0.1:8080")]
     gateway: String,
+    /// PEM file of CA certificates to trust besides the system's, for an `https://` gateway
+    /// whose certificate a private CA signed.
+    #[arg(long, global = true, env = "KUBEFAAS_CA_FILE", value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
     /// API token, when the gateway asks for one.
     #[arg(long, global = true, env = "KUBEFAAS_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -175,8 +179,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let gateway =
-        || client::Gateway::new(&cli.gateway, cli.token.clone(), cli.namespace.clone(), cli.output);
+    let gateway = || {
+        client::Gateway::new(
+            &cli.gateway,
+            cli.ca_file.as_deref(),
+            cli.token.clone(),
+            cli.namespace.clone(),
+            cli.output,
+        )
+    };
     match cli.command {
         Command::Up(args) => up::up(args).await,
         Command::Crds => {

@@ -23,9 +23,38 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// `builder` trusting the certificates of the PEM bundle `pem` besides the system's (a private
+/// CA). An error says what is wrong with the bundle.
+pub fn trust_extra_cas(
+    builder: reqwest::ClientBuilder,
+    pem: &[u8],
+) -> Result<reqwest::ClientBuilder, String> {
+    let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        format!("CA bundle: {message}")
+    })?;
+    if certificates.is_empty() {
+        return Err("CA bundle holds no certificate".to_owned());
+    }
+    Ok(builder.tls_certs_merge(certificates))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_refused() {
+        for bundle in [&b""[..], b"not a certificate"] {
+            let error = trust_extra_cas(client_builder(), bundle).unwrap_err();
+            assert!(error.contains("CA bundle"), "{error}");
+        }
+    }
 
     #[test]
     fn a_client_with_tls_builds_without_a_provider_installed_by_the_caller() {

@@ -104,12 +104,8 @@ impl CodeFetcher {
             .redirect(redirect::Policy::limited(MAX_REDIRECTS))
             .user_agent(concat!("kubefaas-operator/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.extra_ca_pem {
-            let certificates = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| FetchError::Client(format!("CA bundle: {}", chain(&e))))?;
-            if certificates.is_empty() {
-                return Err(FetchError::Client("CA bundle holds no certificate".to_owned()));
-            }
-            builder = builder.tls_certs_merge(certificates);
+            builder =
+                kubefaas_core::http::trust_extra_cas(builder, pem).map_err(FetchError::Client)?;
         }
         let http = builder.build().map_err(|e| FetchError::Client(chain(&e)))?;
         Ok(Self { http, max_bytes: config.max_bytes })
