@@ -111,7 +111,11 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             namespace: None,
             function_wait: Duration::from_secs(60),
             limits: Limits::default(),
-            code_download: kubefaas_operator::fetch::FetchConfig::default(),
+            // A development harness: code served from this machine (`localhost`) is fine.
+            code_download: kubefaas_operator::fetch::FetchConfig {
+                allow_private_addresses: true,
+                ..kubefaas_operator::fetch::FetchConfig::default()
+            },
         },
         signal(stopped.clone()),
     ));

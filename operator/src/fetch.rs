@@ -8,10 +8,28 @@
 //!
 //! Addresses often carry credentials (signed query strings, `user:password@`): messages name the
 //! address without its query, fragment and user information.
+//!
+//! Whoever may create a Function chooses the address, and the operator runs inside the cluster
+//! with more network reach than they may have. So by default it connects only to public
+//! addresses: a name must resolve to at least one public address (only those are used), an
+//! address written in the URL must be public, and every redirect is checked the same way.
+//! Loopback, private (RFC 1918, IPv6 unique local), link-local (cloud metadata services live
+//! there), shared (RFC 6598), unspecified, multicast and documentation ranges are refused.
+//! [`FetchConfig::allow_private_addresses`] lifts this for artifact servers inside the network.
+//! Through an HTTP(S) proxy configured in the environment the proxy resolves names, and only
+//! the address in the URL is checked here.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
-use reqwest::{StatusCode, Url, header::CONTENT_LENGTH, redirect};
+use reqwest::{
+    StatusCode, Url,
+    dns::{Addrs, Name, Resolve, Resolving},
+    header::CONTENT_LENGTH,
+    redirect,
+};
 use sha2::{Digest, Sha256};
 
 /// How downloads are made.
@@ -24,6 +42,9 @@ pub struct FetchConfig {
     /// Extra certificate authorities (PEM) trusted besides the system's, for servers with a
     /// private CA.
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// Whether addresses that are not public (loopback, private, link-local, …) may be
+    /// downloaded from (see the module docs). Off by default.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for FetchConfig {
@@ -33,6 +54,7 @@ impl Default for FetchConfig {
             timeout: Duration::from_secs(60),
             max_bytes: kubefaas_core::validation::Limits::default().max_code_bytes,
             extra_ca_pem: None,
+            allow_private_addresses: false,
         }
     }
 }
@@ -55,6 +77,14 @@ pub enum FetchError {
         /// The redacted address.
         url: String,
         /// What went wrong, with its causes.
+        reason: String,
+    },
+    /// The address is not public and private addresses are not allowed.
+    #[error("downloading {url}: {reason}")]
+    NotPublic {
+        /// The redacted address.
+        url: String,
+        /// Which address, and how to allow it.
         reason: String,
     },
     /// The server answered with an error status.
@@ -90,6 +120,84 @@ pub enum FetchError {
 pub struct CodeFetcher {
     http: reqwest::Client,
     max_bytes: usize,
+    allow_private_addresses: bool,
+}
+
+/// What the operator flag is, for messages that say how to allow a private address.
+const ALLOW_FLAG: &str = "--code-allow-private-addresses";
+
+/// Whether `ip` is an address of the public internet (see the module docs for what is not).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        // Shared address space (carrier-grade NAT, often cluster-internal), RFC 6598.
+        || (a == 100 && (64..128).contains(&b))
+        // IETF protocol assignments, and benchmarking (RFC 2544).
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (18..20).contains(&b))
+        // Reserved for future use.
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        // Unique local fc00::/7 and link-local fe80::/10.
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+        // Documentation 2001:db8::/32.
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
+}
+
+/// Why `url` may not be fetched when private addresses are not allowed: its host is an
+/// address that is not public. Names are checked when they are resolved ([`PublicOnly`]).
+fn refused_address(url: &Url) -> Option<String> {
+    let host = url.host_str()?;
+    let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    (!is_public(ip)).then(|| format!("{ip} is not a public address ({ALLOW_FLAG} allows it)"))
+}
+
+/// A resolver that hands out only the public addresses of a name.
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> =
+                found.iter().copied().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
+                return Err(format!(
+                    "{host} resolves to no public address ({}; {ALLOW_FLAG} allows them)",
+                    shown.join(", ")
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
 }
 
 /// Redirects followed before giving up.
@@ -101,14 +209,30 @@ impl CodeFetcher {
         let mut builder = kubefaas_core::http::client_builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .redirect(redirect::Policy::limited(MAX_REDIRECTS))
             .user_agent(concat!("kubefaas-operator/", env!("CARGO_PKG_VERSION")));
+        let allow_private = config.allow_private_addresses;
+        builder = builder.redirect(redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match (allow_private, refused_address(attempt.url())) {
+                (false, Some(reason)) => attempt.error(format!("redirected: {reason}")),
+                _ => attempt.follow(),
+            }
+        }));
+        if !allow_private {
+            builder = builder.dns_resolver(PublicOnly);
+        }
         if let Some(pem) = &config.extra_ca_pem {
             builder =
                 kubefaas_core::http::trust_extra_cas(builder, pem).map_err(FetchError::Client)?;
         }
         let http = builder.build().map_err(|e| FetchError::Client(chain(&e)))?;
-        Ok(Self { http, max_bytes: config.max_bytes })
+        Ok(Self {
+            http,
+            max_bytes: config.max_bytes,
+            allow_private_addresses: config.allow_private_addresses,
+        })
     }
 
     /// The body at `url`, if its SHA-256 is `expected` (lower-case hex).
@@ -119,6 +243,11 @@ impl CodeFetcher {
             url: shown.clone(),
             reason: chain(&error),
         };
+        if !self.allow_private_addresses
+            && let Some(reason) = refused_address(&parsed)
+        {
+            return Err(FetchError::NotPublic { url: shown, reason });
+        }
 
         let mut response = self.http.get(parsed.clone()).send().await.map_err(transfer)?;
         let status = response.status();
@@ -173,7 +302,7 @@ fn chain(error: &reqwest::Error) -> String {
     } else if error.is_connect() {
         "could not connect".to_owned()
     } else if error.is_redirect() {
-        format!("more than {MAX_REDIRECTS} redirects")
+        "redirect refused".to_owned()
     } else if error.is_body() || error.is_decode() {
         "reading the body failed".to_owned()
     } else {
@@ -285,9 +414,74 @@ mod tests {
         addr
     }
 
+    /// A fetcher for the test servers, which listen on loopback.
     fn fetcher(max_bytes: usize, extra_ca_pem: Option<Vec<u8>>) -> CodeFetcher {
-        CodeFetcher::new(&FetchConfig { timeout: Duration::from_secs(2), max_bytes, extra_ca_pem })
-            .unwrap()
+        CodeFetcher::new(&FetchConfig {
+            timeout: Duration::from_secs(2),
+            max_bytes,
+            extra_ca_pem,
+            allow_private_addresses: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_public_addresses_count_as_public() {
+        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_by_default_by_address_and_by_name() {
+        let addr = serve().await;
+        let strict = CodeFetcher::new(&FetchConfig::default()).unwrap();
+        let by_address =
+            strict.fetch(&format!("http://{addr}/code.py"), &sha256(CODE)).await.unwrap_err();
+        assert!(matches!(by_address, FetchError::NotPublic { .. }), "{by_address}");
+        let message = by_address.to_string();
+        assert!(message.contains("127.0.0.1") && message.contains(ALLOW_FLAG), "{message}");
+
+        let by_name = strict
+            .fetch(&format!("http://localhost:{}/code.py", addr.port()), &sha256(CODE))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(by_name.contains("no public address") && by_name.contains(ALLOW_FLAG), "{by_name}");
+
+        for (url, refused) in [
+            ("http://169.254.169.254/latest/meta-data/", true),
+            ("http://[fd00::1]/x", true),
+            ("http://[::ffff:10.0.0.1]/x", true),
+            ("https://8.8.8.8/x", false),
+            ("https://artifacts.example/x", false),
+        ] {
+            let checked = refused_address(&Url::parse(url).unwrap());
+            assert_eq!(checked.is_some(), refused, "{url}: {checked:?}");
+        }
     }
 
     #[tokio::test]

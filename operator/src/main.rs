@@ -37,6 +37,11 @@ struct Flags {
     /// the system's (for artifact servers with a private CA).
     #[arg(long, env = "KUBEFAAS_CODE_CA_FILE")]
     code_ca_file: Option<PathBuf>,
+    /// Let `spec.code.url` reach addresses that are not public: loopback, private networks,
+    /// link-local (cloud metadata), and names that resolve only to such. Off by default, since
+    /// whoever writes a Function chooses the address.
+    #[arg(long, env = "KUBEFAAS_CODE_ALLOW_PRIVATE_ADDRESSES")]
+    code_allow_private_addresses: bool,
 }
 
 #[tokio::main]
@@ -68,6 +73,7 @@ async fn main() -> ExitCode {
         code_download: FetchConfig {
             timeout: Duration::from_secs(flags.code_download_timeout_seconds),
             extra_ca_pem,
+            allow_private_addresses: flags.code_allow_private_addresses,
             ..FetchConfig::default()
         },
     };

@@ -95,8 +95,12 @@ impl Platform {
 
     fn start_operator(&mut self) {
         let log = format!("operator-{}", Uuid::new_v4().simple());
-        self.operator =
-            Some(self.spawn(&log, binary("kubefaas-operator"), &["--http-addr", "127.0.0.1:0"]));
+        self.operator = Some(self.spawn(
+            &log,
+            binary("kubefaas-operator"),
+            // The tests' code server listens on loopback.
+            &["--http-addr", "127.0.0.1:0", "--code-allow-private-addresses"],
+        ));
     }
 
     async fn start_apiserver(&self) -> Child {
