@@ -56,7 +56,7 @@ impl Tokens {
         let Some(prefix) = tokens::prefix_of(secret) else {
             return Ok(None);
         };
-        let rows = self.rows(prefix).await?;
+        let (rows, fresh) = self.rows(prefix).await?;
         let presented = tokens::hash(secret);
         let now = chrono::Utc::now();
         // Every candidate is compared, so the time taken does not depend on which one matched.
@@ -66,14 +66,26 @@ impl Tokens {
                 found = Some(Arc::clone(row));
             }
         }
-        Ok(found.filter(|row| row.is_active(now)))
+        let found = found.filter(|row| row.is_active(now));
+        // Use is recorded when the rows are read afresh: at most once per cache lifetime per
+        // token, off the request's path.
+        if fresh && let Some(row) = &found {
+            let (store, id) = (self.store.clone(), row.id);
+            tokio::spawn(async move {
+                if let Err(error) = store.token_used(id).await {
+                    tracing::warn!(token = %id, %error, "recording a token's use failed");
+                }
+            });
+        }
+        Ok(found)
     }
 
-    async fn rows(&self, prefix: &str) -> Result<Arc<Vec<Arc<TokenRow>>>, ApiError> {
+    /// The rows of `prefix`, and whether they were just read from the database.
+    async fn rows(&self, prefix: &str) -> Result<(Arc<Vec<Arc<TokenRow>>>, bool), ApiError> {
         if let Some((at, rows)) = self.lock().get(prefix)
             && at.elapsed() < TOKEN_CACHE_TTL
         {
-            return Ok(Arc::clone(rows));
+            return Ok((Arc::clone(rows), false));
         }
         let rows: Arc<Vec<Arc<TokenRow>>> = Arc::new(
             self.store.tokens_with_prefix(prefix).await?.into_iter().map(Arc::new).collect(),
@@ -83,7 +95,7 @@ impl Tokens {
             cache.clear();
         }
         cache.insert(prefix.to_owned(), (Instant::now(), Arc::clone(&rows)));
-        Ok(rows)
+        Ok((rows, true))
     }
 
     /// Drops the cached rows of `prefix`, so a token just revoked stops working here at once.

@@ -452,6 +452,8 @@ pub struct TokenInfo {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When a gateway last accepted it (to the minute); never when absent.
+    pub last_used_at: Option<DateTime<Utc>>,
     /// Whether it works now: neither revoked nor expired.
     pub active: bool,
 }
@@ -467,6 +469,7 @@ impl TokenInfo {
             created_at: row.created_at,
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
+            last_used_at: row.last_used_at,
             active: row.is_active(now),
         }
     }

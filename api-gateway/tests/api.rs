@@ -335,6 +335,18 @@ async fn admins_list_and_revoke_tokens_and_a_revoked_token_stops_at_once() {
     assert!(!body.contains("hash"), "a hash is listed: {body}");
     assert_eq!(tokens[1]["token_prefix"], team.row.token_prefix);
     assert_eq!(tokens[1]["active"], true);
+    assert_eq!(tokens[0]["last_used_at"], serde_json::Value::Null, "the new token was never used");
+    // The team token's use is recorded off the request's path: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = request(addr, "GET", "/tokens", &admin_auth, None).await.json();
+        let team_row = list["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "team-a");
+        if team_row.unwrap()["last_used_at"].is_string() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the use is never recorded: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Revoked: the token stops working on this gateway at once, though it was cached.
     let path = format!("/tokens/{}", team.row.id);

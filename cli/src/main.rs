@@ -264,13 +264,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 
 fn print_token_table(tokens: &[kubefaas_api_gateway::model::TokenInfo]) {
     out!(
-        "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} NAMESPACES",
+        "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {:<20} NAMESPACES",
         "ID",
         "NAME",
         "PREFIX",
         "STATE",
         "CREATED",
-        "EXPIRES"
+        "EXPIRES",
+        "LAST USED"
     );
     let time = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     for token in tokens {
@@ -280,13 +281,14 @@ fn print_token_table(tokens: &[kubefaas_api_gateway::model::TokenInfo]) {
             (false, None) => "expired",
         };
         out!(
-            "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {}",
+            "{:<36} {:<20} {:<12} {:<8} {:<20} {:<20} {:<20} {}",
             token.id,
             token.name,
             token.token_prefix,
             state,
             time(&token.created_at),
             token.expires_at.as_ref().map_or_else(|| "never".to_owned(), time),
+            token.last_used_at.as_ref().map_or_else(|| "never".to_owned(), time),
             token.namespaces.join(",")
         );
     }

@@ -38,6 +38,9 @@ pub struct TokenRow {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When a gateway last accepted it, to the minute ([`Store::token_used`]); never when
+    /// absent.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 impl TokenRow {
@@ -95,7 +98,7 @@ impl Store {
             "INSERT INTO api_tokens (id, name, token_hash, token_prefix, namespaces, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              RETURNING id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at",
+                 revoked_at, last_used_at",
         )
         .bind(Uuid::new_v4())
         .bind(name)
@@ -113,7 +116,7 @@ impl Store {
     pub async fn tokens_with_prefix(&self, prefix: &str) -> Result<Vec<TokenRow>> {
         sqlx::query_as(
             "SELECT id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at \
+                 revoked_at, last_used_at \
              FROM api_tokens WHERE token_prefix = $1",
         )
         .bind(prefix)
@@ -122,12 +125,26 @@ impl Store {
         .map_err(|source| StoreError::Query { op: "find tokens by prefix", source })
     }
 
+    /// Records that token `id` was just accepted. Writes at most once a minute per token, so
+    /// gateways may call it freely.
+    pub async fn token_used(&self, id: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = now() WHERE id = $1 \
+                 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(|source| StoreError::Query { op: "record token use", source })?;
+        Ok(())
+    }
+
     /// Every token, newest first, revoked and expired ones included. The rows carry hashes:
     /// a caller that shows them leaves those out.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
         sqlx::query_as(
             "SELECT id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at \
+                 revoked_at, last_used_at \
              FROM api_tokens ORDER BY created_at DESC, id",
         )
         .fetch_all(self.pool())
@@ -141,7 +158,7 @@ impl Store {
         sqlx::query_as(
             "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL \
              RETURNING id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at",
+                 revoked_at, last_used_at",
         )
         .bind(id)
         .fetch_optional(self.pool())
@@ -177,6 +194,7 @@ mod tests {
             created_at: now,
             expires_at: None,
             revoked_at: None,
+            last_used_at: None,
         };
         assert!(row.allows("team-a") && !row.allows("team-b"));
         assert!(row.is_active(now));
