@@ -509,9 +509,7 @@ impl Drop for Instance {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
         }
-        if let Some(pid) = self.pid {
-            crate::process::kill_group(pid as i32);
-        }
+        kill_group(&mut self.child, self.pid, self.cgroup.is_some());
         let _ = self.child.start_kill();
         let _ = fs::remove_dir_all(&self.dir);
         // Dropping the cgroup waits (bounded) for the killed processes to leave it, which takes
@@ -591,11 +589,24 @@ async fn kill_tree(child: &mut tokio::process::Child, pid: Option<u32>, cgroup: 
     if let Some(cgroup) = cgroup {
         cgroup.kill_all();
     }
-    if let Some(pid) = pid {
-        crate::process::kill_group(pid as i32);
-    }
+    kill_group(child, pid, cgroup.is_some());
     let _ = child.start_kill();
     let _ = tokio::time::timeout(SETTLE, child.wait()).await;
+}
+
+/// SIGKILLs the instance's process group (the instance leads it), unless that could hit
+/// someone else's: once the leader is reaped and the group empty, its id may be handed out
+/// again (and the executor may run as root). With a cgroup, which has just killed every member,
+/// a reaped leader means nothing is left to reach, so the signal is skipped. Without one the
+/// group is still signalled, the only way to reach members left behind; the id is not reused
+/// while one lives, so only an already empty group leaves a (narrow) window.
+fn kill_group(child: &mut tokio::process::Child, pid: Option<u32>, has_cgroup: bool) {
+    let reaped = matches!(child.try_wait(), Ok(Some(_)));
+    if let Some(pid) = pid
+        && !(reaped && has_cgroup)
+    {
+        crate::process::kill_group(pid as i32);
+    }
 }
 
 fn death_error(status: Option<ExitStatus>, oom_kills: u64) -> InvocationError {
