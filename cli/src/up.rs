@@ -112,6 +112,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             function_wait: Duration::from_secs(60),
             limits: Limits::default(),
             code_download: kubefaas_operator::fetch::FetchConfig::default(),
+            last_invoked_flush: kubefaas_operator::DEFAULT_LAST_INVOKED_FLUSH,
         },
         signal(stopped.clone()),
     ));

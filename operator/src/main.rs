@@ -37,6 +37,15 @@ struct Flags {
     /// the system's (for artifact servers with a private CA).
     #[arg(long, env = "KUBEFAAS_CODE_CA_FILE")]
     code_ca_file: Option<PathBuf>,
+    /// Seconds between two writes of one function's `status.lastInvokedAt` (at most): a busy
+    /// function's status is written once per period, with its newest invocation.
+    #[arg(
+        long,
+        env = "KUBEFAAS_LAST_INVOKED_FLUSH_SECONDS",
+        default_value_t = kubefaas_operator::DEFAULT_LAST_INVOKED_FLUSH.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    last_invoked_flush_seconds: u64,
 }
 
 #[tokio::main]
@@ -70,6 +79,7 @@ async fn main() -> ExitCode {
             extra_ca_pem,
             ..FetchConfig::default()
         },
+        last_invoked_flush: Duration::from_secs(flags.last_invoked_flush_seconds),
     };
     match run(config, kubefaas_core::service::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
