@@ -116,6 +116,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
                 allow_private_addresses: true,
                 ..kubefaas_operator::fetch::FetchConfig::default()
             },
+            last_invoked_flush: kubefaas_operator::DEFAULT_LAST_INVOKED_FLUSH,
         },
         signal(stopped.clone()),
     ));

@@ -373,6 +373,37 @@ async fn listing_invocations_filters_by_function_status_and_namespace_newest_fir
 }
 
 #[tokio::test]
+async fn a_function_was_last_invoked_when_its_newest_invocation_was_created() {
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for name in ["busy", "quiet", "never"] {
+        ids.push(db.store.upsert_function(&function("default", name)).await.unwrap().0.record.id);
+    }
+    let (busy, quiet, never) = (ids[0], ids[1], ids[2]);
+    // The newest of busy's invocations is not the one created last, so insertion order or ids
+    // cannot stand in for the creation time.
+    for (function_id, created_at) in [
+        (busy, "2030-01-01T00:00:01Z"),
+        (busy, "2030-01-01T00:00:03.250Z"),
+        (busy, "2030-01-01T00:00:02Z"),
+        (quiet, "2030-01-01T00:00:05Z"),
+    ] {
+        let id = db.store.create_invocation(&invocation(function_id)).await.unwrap().into_row().id;
+        db.exec(&format!("UPDATE invocations SET created_at = '{created_at}' WHERE id = $1"), id)
+            .await;
+    }
+
+    let mut last = db.store.last_invoked(&[busy, quiet, never]).await.unwrap();
+    last.sort();
+    let at = |text: &str| text.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let mut expected =
+        vec![(busy, at("2030-01-01T00:00:03.250Z")), (quiet, at("2030-01-01T00:00:05Z"))];
+    expected.sort();
+    assert_eq!(last, expected, "one entry per invoked function, none for `never`");
+    assert!(db.store.last_invoked(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn an_invocation_runs_from_pending_to_succeeded_under_a_lease() {
     let db = TestDb::new().await;
     let id = pending_invocation(&db).await;

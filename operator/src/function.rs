@@ -3,6 +3,10 @@
 //! Reconcile is a pipeline: validate the spec, obtain the code, build the code ConfigMap (pure),
 //! apply it, record the function in PostgreSQL, then write the status. Every step is idempotent,
 //! so a reconcile that runs twice, or after a crash half-way, converges to the same state.
+//!
+//! `status.lastInvokedAt` is not written here but by `last_invoked`, under a field manager of its
+//! own; the statuses built here leave it out so this controller's applies never touch it. Each
+//! reconcile hands the function to that tracker, which is how it catches up after a restart.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -71,6 +75,8 @@ pub(crate) struct CodeProblem(pub(crate) String);
 async fn apply(function: &Function, namespace: &str, ctx: &Context) -> Result<Action, Error> {
     let name = function.name_any();
     let previous = function.status.clone().unwrap_or_default();
+    // Whatever the spec says now, earlier code may have been invoked.
+    ctx.last_invoked.reconciled(function, &ctx.store).await;
 
     if let Err(errors) = validation::validate_function(&name, &function.spec, &ctx.limits) {
         let message = errors.to_string();
@@ -132,6 +138,9 @@ async fn apply(function: &Function, namespace: &str, ctx: &Context) -> Result<Ac
 
 async fn cleanup(function: &Function, namespace: &str, ctx: &Context) -> Result<Action, Error> {
     let name = function.name_any();
+    if let Some(uid) = function.uid().and_then(|uid| Uuid::parse_str(&uid).ok()) {
+        ctx.last_invoked.forget(uid);
+    }
     // Already deleted (a repeated cleanup) counts as done.
     if ctx.store.delete_function_by_name(namespace, &name).await? {
         publish(
@@ -393,7 +402,9 @@ pub(crate) fn ready_status(
         code_checksum: Some(checksum),
         code_size: Some(i64::try_from(package.size()).unwrap_or(i64::MAX)),
         warm_instances: previous.warm_instances,
-        last_invoked_at: previous.last_invoked_at.clone(),
+        // Owned by `last_invoked`'s field manager; left out so this apply neither takes nor
+        // removes it.
+        last_invoked_at: None,
         message: None,
     }
 }
@@ -422,7 +433,8 @@ pub(crate) fn failed_status(
         code_checksum: previous.code_checksum.clone(),
         code_size: previous.code_size,
         warm_instances: previous.warm_instances,
-        last_invoked_at: previous.last_invoked_at.clone(),
+        // See `ready_status`.
+        last_invoked_at: None,
     }
 }
 
@@ -526,5 +538,20 @@ mod tests {
         assert_eq!(failed.code_checksum, ready.code_checksum);
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, reason::INVALID_SPEC);
+    }
+
+    #[test]
+    fn the_statuses_of_this_controller_leave_last_invoked_at_to_its_own_field_manager() {
+        let function = function();
+        let package =
+            Package::from_bytes(runtime::Language::Python, "main.handler", b"x = 1\n".to_vec());
+        let previous =
+            FunctionStatus { last_invoked_at: Some(status::now()), ..FunctionStatus::default() };
+        let ready = ready_status(&function, &previous, Uuid::nil(), &package);
+        let failed = failed_status(&function, &previous, reason::INVALID_SPEC, "bad");
+        for status in [ready, failed] {
+            let applied = serde_json::to_value(&status).unwrap();
+            assert!(applied.get("lastInvokedAt").is_none(), "{applied}");
+        }
     }
 }

@@ -8,11 +8,16 @@
 //!   the Redis queue, and mirrors the outcome from PostgreSQL into the status as soon as the
 //!   executor publishes the completion. Finished invocations are deleted after
 //!   `ttlSecondsAfterFinished`.
+//! - The **last-invoked tracker** keeps each Function's `status.lastInvokedAt` at the creation
+//!   time of its newest invocation, from the completions the executor publishes and the rows in
+//!   PostgreSQL, writing each function at most once per flush interval (see `last_invoked`).
 //!
 //! The operator is the only writer of both kinds' status. It needs no leader election: every step
 //! is idempotent and every state change that must happen once is a compare-and-set in PostgreSQL
 //! (`pending → queued` decides which replica enqueues), so two replicas side by side do the same
-//! work twice at worst, never twice in effect. See `operator/README.md`.
+//! work twice at worst, never twice in effect. `lastInvokedAt` only moves forward: each write is
+//! conditional on the `resourceVersion` it read, so replicas racing each other cannot put an
+//! older time back. See `operator/README.md`.
 //!
 //! This crate must not run functions or touch the queue's consumer side: that is the executor.
 
@@ -20,6 +25,7 @@ pub mod fetch;
 mod function;
 pub mod http;
 mod invocation;
+mod last_invoked;
 pub mod metrics;
 pub mod names;
 mod status;
@@ -46,8 +52,10 @@ use kubefaas_core::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
+pub use crate::last_invoked::DEFAULT_FLUSH_INTERVAL as DEFAULT_LAST_INVOKED_FLUSH;
 use crate::{
     fetch::{CodeFetcher, FetchConfig, FetchError},
+    last_invoked::{FunctionRef, Tracker},
     metrics::Metrics,
 };
 
@@ -71,6 +79,9 @@ pub struct Config {
     /// How `spec.code.url` is downloaded. Its `max_bytes` is raised to no more than
     /// `limits.max_code_bytes`, the bound on code stored in a ConfigMap.
     pub code_download: FetchConfig,
+    /// How often, at most, a function's `status.lastInvokedAt` is written (by one replica);
+    /// [`DEFAULT_LAST_INVOKED_FLUSH`] unless there is a reason to change it.
+    pub last_invoked_flush: Duration,
 }
 
 /// Why the operator stopped or a reconcile failed.
@@ -144,6 +155,7 @@ pub(crate) struct Context {
     pub(crate) fetcher: CodeFetcher,
     pub(crate) function_wait: Duration,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) last_invoked: Arc<Tracker>,
 }
 
 impl std::fmt::Debug for Context {
@@ -180,6 +192,7 @@ pub async fn run_with_client(
     let (completions, listener) = Completions::start(redis, queue.keys()).await?;
 
     let metrics = Arc::new(Metrics::default());
+    let last_invoked = Arc::new(Tracker::new(config.last_invoked_flush, config.namespace.clone()));
     let reporter = Reporter {
         controller: names::FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
@@ -193,6 +206,7 @@ pub async fn run_with_client(
         fetcher,
         function_wait: config.function_wait,
         metrics: Arc::clone(&metrics),
+        last_invoked: Arc::clone(&last_invoked),
     });
 
     let listener_addr = tokio::net::TcpListener::bind(config.http_addr)
@@ -200,7 +214,14 @@ pub async fn run_with_client(
         .map_err(|source| Error::Serve { addr: config.http_addr, source })?;
     let http = tokio::spawn(http::serve(
         listener_addr,
-        http::Health { store, queue },
+        http::Health { store: store.clone(), queue },
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    let flusher = tokio::spawn(last_invoked::flush(
+        Arc::clone(&last_invoked),
+        client.clone(),
+        store,
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
@@ -232,7 +253,7 @@ pub async fn run_with_client(
         .run(function::reconcile, function::error_policy, Arc::clone(&ctx))
         .for_each(|result| async move { log_reconcile("Function", result) });
 
-    let (one, all) = follow_completions(&completions, &ctx.store);
+    let (one, all) = follow_completions(&completions, &ctx.store, last_invoked);
     let invocation_controller = Controller::new(invocations, watcher::Config::default())
         .reconcile_on(one)
         .reconcile_all_on(all)
@@ -244,6 +265,9 @@ pub async fn run_with_client(
     tokio::join!(function_controller, invocation_controller);
     drop(completions);
     listener.abort();
+    if let Err(join) = flusher.await {
+        tracing::warn!(error = %join, "lastInvokedAt flusher ended abnormally");
+    }
     match http.await {
         Ok(result) => result,
         Err(join) => {
@@ -264,11 +288,13 @@ fn log_reconcile<K: kube::Resource, E: std::fmt::Display>(
 }
 
 /// Turns completion notices into reconcile requests: one Invocation for each completion (looked up
-/// by its row), every Invocation after the notices may have been missed.
+/// by its row), every Invocation after the notices may have been missed. Each completed row also
+/// tells `last_invoked` when its function was invoked.
 #[allow(clippy::type_complexity)]
 fn follow_completions(
     completions: &Completions,
     store: &Store,
+    last_invoked: Arc<Tracker>,
 ) -> (
     impl futures::Stream<Item = ObjectRef<Invocation>> + Send + 'static,
     impl futures::Stream<Item = ()> + Send + 'static,
@@ -282,6 +308,7 @@ fn follow_completions(
             let id = match notices.recv().await {
                 Ok(Notice::Completed(id)) => id,
                 Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                    last_invoked.notices_missed();
                     // A full channel already holds a pending resync.
                     let _ = all_tx.try_send(());
                     continue;
@@ -290,6 +317,12 @@ fn follow_completions(
             };
             match store.invocation(id).await {
                 Ok(Some(row)) => {
+                    let function = FunctionRef {
+                        uid: row.function_id,
+                        namespace: row.namespace.clone(),
+                        name: row.function_name.clone(),
+                    };
+                    last_invoked.invoked(function, row.created_at);
                     if let Some(name) = row.resource_name {
                         let object = ObjectRef::new(&name).within(&row.namespace);
                         if one_tx.send(object).await.is_err() {
@@ -300,6 +333,7 @@ fn follow_completions(
                 Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(%id, error = %error, "cannot look up a completed invocation");
+                    last_invoked.notices_missed();
                     let _ = all_tx.try_send(());
                 }
             }

@@ -42,6 +42,15 @@ struct Flags {
     /// whoever writes a Function chooses the address.
     #[arg(long, env = "KUBEFAAS_CODE_ALLOW_PRIVATE_ADDRESSES")]
     code_allow_private_addresses: bool,
+    /// Seconds between two writes of one function's `status.lastInvokedAt` (at most): a busy
+    /// function's status is written once per period, with its newest invocation.
+    #[arg(
+        long,
+        env = "KUBEFAAS_LAST_INVOKED_FLUSH_SECONDS",
+        default_value_t = kubefaas_operator::DEFAULT_LAST_INVOKED_FLUSH.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    last_invoked_flush_seconds: u64,
 }
 
 #[tokio::main]
@@ -76,6 +85,7 @@ async fn main() -> ExitCode {
             allow_private_addresses: flags.code_allow_private_addresses,
             ..FetchConfig::default()
         },
+        last_invoked_flush: Duration::from_secs(flags.last_invoked_flush_seconds),
     };
     match run(config, kubefaas_core::service::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

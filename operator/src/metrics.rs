@@ -35,6 +35,7 @@ pub struct Metrics {
     failures: Family<ControllerLabels, Counter>,
     durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     finished: Family<StatusLabels, Counter>,
+    last_invoked_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Default for Metrics {
                 reconcile_histogram as fn() -> Histogram,
             );
         let finished = Family::<StatusLabels, Counter>::default();
+        let last_invoked_writes = Counter::default();
         registry.register(
             "reconciles",
             "Reconciliations started, by controller",
@@ -67,7 +69,12 @@ impl Default for Metrics {
             "Invocations whose final status the operator mirrored, by status",
             finished.clone(),
         );
-        Self { registry, reconciles, failures, durations, finished }
+        registry.register(
+            "last_invoked_writes",
+            "Writes of a Function's status.lastInvokedAt (coalesced per function and flush interval)",
+            last_invoked_writes.clone(),
+        );
+        Self { registry, reconciles, failures, durations, finished, last_invoked_writes }
     }
 }
 
@@ -107,6 +114,11 @@ impl Metrics {
         self.finished.get_or_create(&StatusLabels { status: status.to_owned() }).inc();
     }
 
+    /// Counts a write of a Function's `status.lastInvokedAt`.
+    pub fn last_invoked_written(&self) {
+        self.last_invoked_writes.inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -126,6 +138,7 @@ mod tests {
         drop(metrics.reconcile_timer("Function"));
         metrics.reconcile_failed("Function");
         metrics.invocation_finished("succeeded");
+        metrics.last_invoked_written();
         let text = metrics.render();
         assert!(
             text.contains(r#"kubefaas_operator_reconciles_total{controller="Function"} 1"#),
@@ -140,5 +153,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kubefaas_operator_reconcile_duration_seconds_count"), "{text}");
+        assert!(text.contains("kubefaas_operator_last_invoked_writes_total 1"), "{text}");
     }
 }

@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
+use kubefaas_core::store::{InvocationQuery, InvocationRow, Status, Store};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -168,6 +170,8 @@ impl Platform {
             .env("KUBEFAAS_QUEUE_PREFIX", &self.prefix)
             .env("KUBECONFIG", self.kubeconfig())
             .env("KUBEFAAS_FUNCTION_WAIT_SECONDS", "10")
+            // A second write of one function's lastInvokedAt need not wait the default 15 s.
+            .env("KUBEFAAS_LAST_INVOKED_FLUSH_SECONDS", "1")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
@@ -246,6 +250,54 @@ impl Platform {
         .await;
     }
 
+    /// Calls `check` until it returns `Ok`; after `PATIENCE` fails with what the last `Err` said.
+    async fn eventually<T>(&self, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match check().await {
+                Ok(done) => return done,
+                Err(seen) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{seen}\n{}", self.logs());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `function`'s `status.lastInvokedAt` is `at_least` or later; returns it.
+    async fn wait_last_invoked(&self, function: &str, at_least: DateTime<Utc>) -> DateTime<Utc> {
+        self.eventually(async || {
+            let status = self.get(function).await["status"].clone();
+            match status["lastInvokedAt"].as_str().map(time) {
+                Some(shown) if shown >= at_least => Ok(shown),
+                _ => Err(format!(
+                    "{function} never showed lastInvokedAt at or after {at_least}: {status}"
+                )),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the row of Invocation `name` satisfies `done`; returns it.
+    async fn wait_row(
+        &self,
+        store: &Store,
+        name: &str,
+        done: impl Fn(&InvocationRow) -> bool,
+    ) -> InvocationRow {
+        self.eventually(async || {
+            let rows = store.list_invocations(&InvocationQuery::default()).await.unwrap();
+            match rows.into_iter().find(|row| row.resource_name.as_deref() == Some(name)) {
+                Some(row) if done(&row) => Ok(row),
+                row => Err(format!(
+                    "the row of {name} never got there; it is {:?}",
+                    row.map(|row| row.status)
+                )),
+            }
+        })
+        .await
+    }
+
     /// A store on this platform's schema, to look at what PostgreSQL recorded.
     async fn store(&self) -> kubefaas_core::store::Store {
         kubefaas_core::store::Store::connect(&kubefaas_core::store::StoreConfig::new(
@@ -287,6 +339,57 @@ impl Drop for Platform {
             }
         }
     }
+}
+
+/// A Kubernetes timestamp.
+fn time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+}
+
+/// When the object was created.
+fn created(object: &Value) -> DateTime<Utc> {
+    time(object["metadata"]["creationTimestamp"].as_str().unwrap())
+}
+
+/// To the second, as Kubernetes timestamps are.
+fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp(), 0).unwrap()
+}
+
+/// `status.lastInvokedAt` of function `slow` follows its invocations: it is the creation time in
+/// PostgreSQL of the newest one, from the completion the executor publishes, and an operator
+/// restarted after missing a completion finds it in PostgreSQL. `slow-once` has succeeded.
+async fn last_invoked_at_follows_invocations_and_survives_an_operator_restart(
+    platform: &mut Platform,
+    store: &Store,
+) {
+    let check = async |platform: &Platform, invocation: &str| {
+        let object = platform.get(&format!("invocation/{invocation}")).await;
+        let shown = platform.wait_last_invoked("function/slow", created(&object)).await;
+        let row = platform.wait_row(store, invocation, |_| true).await;
+        assert_eq!(
+            shown,
+            whole_seconds(row.created_at),
+            "{invocation}: the row's creation time, not the operator's clock"
+        );
+    };
+    check(platform, "slow-once").await;
+
+    // Nothing but the completion notice tells the operator about this one. Each invocation is
+    // made after the one before finished, and each runs for a second or more, so no two are
+    // created within one second (the precision of the field): each check tells them apart.
+    platform.invoke("slow-twice", "slow", "{sleep: 1}").await;
+    platform.wait_phase("invocation/slow-twice", "Succeeded").await;
+    check(platform, "slow-twice").await;
+
+    // The operator is down when this one completes: its notice is lost.
+    platform.invoke("slow-thrice", "slow", "{sleep: 2}").await;
+    platform.wait_row(store, "slow-thrice", |row| row.status == Status::Running).await;
+    platform.operator.take().unwrap().kill().await.unwrap();
+    platform.wait_row(store, "slow-thrice", |row| row.status.is_terminal()).await;
+    platform.start_operator();
+    platform.wait_phase("invocation/slow-thrice", "Succeeded").await;
+    check(platform, "slow-thrice").await;
 }
 
 fn function(name: &str, runtime: &str, handler: &str, code: &str, extra: &str) -> String {
@@ -522,6 +625,9 @@ async fn an_invocation_survives_the_death_of_its_executor_and_runs_once() {
     let done = platform.wait_phase("invocation/slow-once", "Succeeded").await;
     assert_eq!(done["status"]["result"]["slept"], 4);
     assert_eq!(done["status"]["attempts"], 2, "the takeover is the second attempt, and the last");
+
+    last_invoked_at_follows_invocations_and_survives_an_operator_restart(&mut platform, &store)
+        .await;
 }
 
 /// Serves files over plain HTTP from a map the test changes; anything else is 404.

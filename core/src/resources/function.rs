@@ -312,7 +312,10 @@ pub struct FunctionStatus {
     /// `kubernetes` backend); a pod still starting, or still building Go code, is not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_instances: Option<i32>,
-    /// When the function was last invoked.
+    /// When the function was last invoked: the creation time of its newest invocation, however
+    /// it was made (Invocation, or the REST API's asynchronous or synchronous invoke), to the
+    /// second. Seen when an invocation finishes; written at most once per function every
+    /// `--last-invoked-flush-seconds` (15 s by default), so it may lag by that much.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_invoked_at: Option<Time>,
     /// Human-readable explanation of the phase, set when something needs attention.
