@@ -374,6 +374,13 @@ async fn last_invoked_at_follows_invocations_and_survives_an_operator_restart(
         );
     };
     check(platform, "slow-once").await;
+    // `kubectl get fn` shows it in its INVOKED column.
+    let table = platform.kubectl_ok(&["get", "fn", "slow"]).await;
+    let mut lines = table.lines().map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let column = header.iter().position(|h| *h == "INVOKED").expect("an INVOKED column");
+    assert_ne!(row.get(column).copied(), Some("<none>"), "{table}");
 
     // Nothing but the completion notice tells the operator about this one. Each invocation is
     // made after the one before finished, and each runs for a second or more, so no two are

@@ -70,7 +70,7 @@ async fn kubectl_applies_the_project_crds_and_examples_and_shows_printer_columns
 
     let table = h.kubectl_ok(&["get", "fn"]).await;
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "RUNTIME", "PHASE", "WARM", "AGE"]);
+    assert_eq!(header, ["NAME", "RUNTIME", "PHASE", "WARM", "INVOKED", "AGE"]);
     assert!(table.lines().any(|l| l.starts_with("hello ") && l.contains("python")), "{table}");
     let wide = h.kubectl_ok(&["get", "functions.kubefaas.io", "hello", "-o", "wide"]).await;
     assert!(wide.contains("HANDLER") && wide.contains("main.handler"), "{wide}");

@@ -39,6 +39,7 @@ pub const METADATA_ANNOTATION: &str = "kubefaas.io/metadata";
         json_path = ".status.codeChecksum",
         priority = "1"
     ),
+    printcolumn(name = "Invoked", type_ = "date", json_path = ".status.lastInvokedAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
