@@ -168,23 +168,22 @@ pub async fn resolve(
             name: source.name.clone(),
             source: error,
         };
-        match source.kind {
-            SourceKind::ConfigMap => {
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-                match api.get_opt(&source.name).await.map_err(failed)? {
-                    Some(config_map) => out.add_config_map(source, &config_map)?,
-                    None if source.optional => {}
-                    None => return Err(missing()),
-                }
-            }
-            SourceKind::Secret => {
-                let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-                match api.get_opt(&source.name).await.map_err(failed)? {
-                    Some(secret) => out.add_secret(source, &secret)?,
-                    None if source.optional => {}
-                    None => return Err(missing()),
-                }
-            }
+        let found = match source.kind {
+            SourceKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt(&source.name)
+                .await
+                .map_err(failed)?
+                .map(|config_map| out.add_config_map(source, &config_map)),
+            SourceKind::Secret => Api::<Secret>::namespaced(client.clone(), namespace)
+                .get_opt(&source.name)
+                .await
+                .map_err(failed)?
+                .map(|secret| out.add_secret(source, &secret)),
+        };
+        match found {
+            Some(added) => added?,
+            None if source.optional => {}
+            None => return Err(missing()),
         }
     }
     Ok(out)

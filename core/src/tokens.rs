@@ -12,6 +12,14 @@ use uuid::Uuid;
 
 use crate::store::{Result, Store, StoreError};
 
+/// The columns of a [`TokenRow`], for every query that reads one.
+macro_rules! token_columns {
+    () => {
+        "id, name, token_hash, token_prefix, namespaces, created_at, expires_at, revoked_at, \
+         last_used_at"
+    };
+}
+
 /// What every token starts with.
 pub const TOKEN_MARKER: &str = "kf_";
 /// Length of the stored, public part of a token (`kf_` and 8 hex digits).
@@ -94,12 +102,11 @@ impl Store {
     ) -> Result<NewToken> {
         let secret = generate();
         let prefix = prefix_of(&secret).unwrap_or_default().to_owned();
-        let row: TokenRow = sqlx::query_as(
+        let row: TokenRow = sqlx::query_as(concat!(
             "INSERT INTO api_tokens (id, name, token_hash, token_prefix, namespaces, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             RETURNING id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at, last_used_at",
-        )
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            token_columns!()
+        ))
         .bind(Uuid::new_v4())
         .bind(name)
         .bind(hash(&secret).as_slice())
@@ -114,11 +121,11 @@ impl Store {
 
     /// The tokens whose stored prefix is `prefix` (usually one), active or not.
     pub async fn tokens_with_prefix(&self, prefix: &str) -> Result<Vec<TokenRow>> {
-        sqlx::query_as(
-            "SELECT id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at, last_used_at \
-             FROM api_tokens WHERE token_prefix = $1",
-        )
+        sqlx::query_as(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM api_tokens WHERE token_prefix = $1"
+        ))
         .bind(prefix)
         .fetch_all(self.pool())
         .await
@@ -142,11 +149,11 @@ impl Store {
     /// Every token, newest first, revoked and expired ones included. The rows carry hashes:
     /// a caller that shows them leaves those out.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
-        sqlx::query_as(
-            "SELECT id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at, last_used_at \
-             FROM api_tokens ORDER BY created_at DESC, id",
-        )
+        sqlx::query_as(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM api_tokens ORDER BY created_at DESC, id"
+        ))
         .fetch_all(self.pool())
         .await
         .map_err(|source| StoreError::Query { op: "list tokens", source })
@@ -155,11 +162,11 @@ impl Store {
     /// Revokes a token: the revoked row, or `None` when no token with this id is active
     /// (unknown, or revoked already).
     pub async fn revoke_token(&self, id: Uuid) -> Result<Option<TokenRow>> {
-        sqlx::query_as(
+        sqlx::query_as(concat!(
             "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL \
-             RETURNING id, name, token_hash, token_prefix, namespaces, created_at, expires_at, \
-                 revoked_at, last_used_at",
-        )
+                 RETURNING ",
+            token_columns!()
+        ))
         .bind(id)
         .fetch_optional(self.pool())
         .await
