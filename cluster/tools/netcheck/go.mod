@@ -1,0 +1,3 @@
+module kubefaas.local/cluster/tools/netcheck
+
+go 1.26.0
