@@ -27,6 +27,13 @@ CGROUP_PARENT=kubefaas
 # The components, in start order; down.sh stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
 
+# Fixed host paths the components create whatever they are told (the kubelet's
+# device-plugin socket, its /var/log/containers links, the CNI result cache,
+# the shims' sockets), deepest first. up.sh records which did not exist before;
+# down.sh removes those (when empty again).
+HOST_PATHS=(/var/lib/kubelet/device-plugins /var/lib/kubelet /var/log/containers
+	/var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd)
+
 log() { printf '%s cluster: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 

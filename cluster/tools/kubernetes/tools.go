@@ -1,7 +1,8 @@
 //go:build tools
 
 // Package tools pins the upstream Kubernetes server binaries that the
-// single-node test cluster runs; cluster/build.sh builds them from here.
+// single-node test cluster runs, and the kubectl of the same release;
+// cluster/build.sh builds them from here.
 package tools
 
 import (
@@ -9,5 +10,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
 )
