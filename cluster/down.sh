@@ -14,6 +14,10 @@ started_at=$SECONDS
 # What the host had before up.sh (host paths, nftables tables); empty if unknown.
 host_before=$(cat "$RUN_DIR/host.before" 2>/dev/null)
 had() { [[ -z $host_before ]] || grep -qxF "$1" <<<"$host_before"; }
+# Our containerd's sandboxes and tasks, for the files they leave in fixed host
+# paths when they are not torn down through CRI (a crashed containerd).
+task_ids=$(ls "$CONTAINERD_DIR/state/io.containerd.runtime.v2.task/k8s.io" \
+	"$CONTAINERD_DIR/state/io.containerd.grpc.v1.cri/sandboxes" 2>/dev/null | grep -E '^[0-9a-f]{64}$' | sort -u)
 
 # stop NAME [TIMEOUT]: SIGTERM the component, SIGKILL it after TIMEOUT seconds.
 stop() {
@@ -75,16 +79,21 @@ if [[ -x $BIN_DIR/kube-proxy ]] && iptables -t nat -S 2>/dev/null | grep -q -- '
 	kube-proxy --cleanup >>"$LOG_DIR/kube-proxy.log" 2>&1 || true
 fi
 stop containerd
-stop kube-apiserver 20
-stop etcd
-
-# Anything else of ours: shims, container processes whose shim died, strays.
-pids=$(our_pids)
-if [[ -n $pids ]]; then
+# Anything else of ours: shims and container processes (left running when
+# containerd or the kubelet died), then, once the API server and etcd are
+# stopped, any stray.
+kill_ours() {
+	local pids
+	pids=$(our_pids | grep -vxF -e "$(cat "$(pid_file kube-apiserver)" 2>/dev/null)" -e "$(cat "$(pid_file etcd)" 2>/dev/null)")
+	[[ -n $pids ]] || return 0
 	log "killing remaining processes: $(echo $pids)"
 	kill -KILL $pids 2>/dev/null
 	wait_for 10 "remaining processes to die" dead $pids
-fi
+}
+kill_ours
+stop kube-apiserver 20
+stop etcd
+kill_ours
 
 # --- mounts ------------------------------------------------------------------
 for m in $(our_mounts); do
@@ -101,6 +110,11 @@ fi
 # The CNI library's result cache (outside our state: containerd 1.6 has no
 # setting for it), one file per attachment of our network.
 rm -f /var/lib/cni/results/"$CNI_NETWORK_NAME"-* 2>/dev/null
+for id in $task_ids; do
+	rm -f /var/lib/cni/results/*-"$id"-* 2>/dev/null
+	# A shim's socket: /run/containerd/s/sha256(<containerd address>/<namespace>/<id>).
+	rm -f "/run/containerd/s/$(printf %s "$CONTAINERD_SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+done
 # The kubelet links every container's log into /var/log/containers (a fixed
 # path); remove the links that point at our pods' logs.
 our_log_links() { find /var/log/containers -maxdepth 1 -type l -lname "$LOG_DIR/*" 2>/dev/null; }

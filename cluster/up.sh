@@ -263,7 +263,7 @@ start kube-controller-manager kube-controller-manager \
 	--cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
 	--root-ca-file "$PKI_DIR/ca.crt" --service-account-private-key-file "$PKI_DIR/sa.key" \
 	--use-service-account-credentials \
-	--allocate-node-cidrs --cluster-cidr "$POD_CIDR" --node-cidr-mask-size "${NODE_POD_CIDR#*/}" \
+	--allocate-node-cidrs=false \
 	--service-cluster-ip-range "$SERVICE_CIDR" \
 	--leader-elect=false --profiling=false
 start kube-scheduler kube-scheduler \
