@@ -7,7 +7,9 @@
 #   images/ pause-<v>.tar, coredns-<v>.tar, netcheck-<v>.tar (smoke.sh's probe):
 #           OCI archives for `ctr images import`
 # Needs Go and the module proxy (or a warm module cache), gcc and libc6-dev.
-# Usage: cluster/build.sh [kubernetes|etcd|crictl|pause|coredns|netcheck]...   (default: all)
+# Usage: cluster/build.sh [kubernetes|etcd|crictl|pause|coredns|netcheck|helm]...
+#          (default: all but helm; `cluster/build.sh helm` builds helm if needed
+#          and prints its path on stdout, the only thing it prints there)
 #        cluster/build.sh --print-bin-dir
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -164,6 +166,21 @@ if want netcheck && { ! stamp_ok netcheck "$netcheck_stamp" || [[ ! -f $netcheck
 	}
 	timed "$NETCHECK_IMAGE" build_netcheck
 	stamp netcheck "$netcheck_stamp"
+fi
+
+# --- helm (only when asked for) -----------------------------------------------
+helm_stamp="$HELM_VERSION $(sha256sum "$CLUSTER_DIR/tools/helm/go.sum" | cut -c1-16)"
+if want helm; then
+	if ! stamp_ok helm "$helm_stamp"; then
+		build_helm() {
+			(cd "$CLUSTER_DIR/tools/helm" && go build -trimpath -o "$BIN_DIR/helm" \
+				-ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+				helm.sh/helm/v4/cmd/helm)
+		}
+		timed "helm $HELM_VERSION" build_helm >&2
+		stamp helm "$helm_stamp"
+	fi
+	echo "$BIN_DIR/helm"
 fi
 
 log "binaries in $BIN_DIR, images in $IMAGE_DIR"

@@ -3,7 +3,8 @@
 # the host: processes, mounts (pod volumes, overlay snapshots, netns, shm), the
 # CNI bridge and veths, the KUBE-* and kubefaas CNI iptables rules and chains,
 # the /kubefaas cgroups, the sysctls up.sh changed (restored), and the cluster
-# state under .cluster/ (logs are kept in .cluster/logs/). Then checks that
+# state under .cluster/ (kept: the logs in .cluster/logs/ and image archives
+# in .cluster/images/). Then checks that
 # none of it remains, prints what did, and fails if anything did. Safe to run
 # when nothing runs.
 set -uo pipefail
@@ -35,22 +36,17 @@ stop() {
 	rm -f "$f"
 }
 
-# ours PID: the process belongs to this cluster: one of our binaries, a
-# containerd shim of our containerd, or anything in our pods' cgroups.
-ours() {
-	local pid=$1 exe cmdline
-	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-	[[ $exe == "$BIN_DIR/"* ]] && return 0
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)
-	[[ $cmdline == *"$CONTAINERD_SOCK"* || $cmdline == *"$STATE_DIR/"* ]] && return 0
-	grep -q ":/$CGROUP_PARENT/" "/proc/$pid/cgroup" 2>/dev/null
-}
+# our_pids: the live processes of this cluster: our binaries, the shims of our
+# containerd and anything whose command line names our state, everything in
+# our pods' cgroups. (A few processes in all, not one per PID: it runs often.)
 our_pids() {
-	local p pid
-	for p in /proc/[0-9]*; do
-		pid=${p#/proc/}
-		[[ $pid != "$$" && $pid != "$BASHPID" ]] && alive "$pid" && ours "$pid" && echo "$pid"
-	done
+	local candidates pid
+	candidates=$({
+		find /proc -mindepth 2 -maxdepth 2 -name exe -lname "$BIN_DIR/*" -printf '%h\n' 2>/dev/null
+		grep -alsF -e "$CONTAINERD_SOCK" -e "$STATE_DIR/" /proc/[0-9]*/cmdline
+		grep -lsF ":/$CGROUP_PARENT/" /proc/[0-9]*/cgroup
+	} | awk -F/ '{print $3}' | sort -un | grep -vxF -e "$$" -e "$BASHPID")
+	for pid in $candidates; do alive "$pid" && echo "$pid"; done
 }
 our_mounts() { findmnt -rn -o TARGET | grep -E "^$STATE_DIR(/|$)" | sort -r; }
 our_chains() { # CMD TABLE: KUBE-* chains, and CNI-* chains our network's rules jump to
@@ -96,11 +92,13 @@ stop etcd
 kill_ours
 
 # --- mounts ------------------------------------------------------------------
+log "unmounting"
 for m in $(our_mounts); do
 	umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "cannot unmount $m"
 done
 
 # --- network -------------------------------------------------------------------
+log "removing the network"
 if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
 	for veth in $(ip -o link show master "$CNI_BRIDGE" 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}'); do
 		ip link del "$veth" 2>/dev/null
@@ -165,6 +163,7 @@ if [[ -n $host_before ]]; then
 fi
 
 # --- cgroups ------------------------------------------------------------------
+log "removing cgroups"
 for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT"; do
 	[[ -d $cg ]] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
 done
@@ -179,11 +178,15 @@ fi
 # --- state ----------------------------------------------------------------------
 if [[ -z $(our_mounts) ]] && [[ -d $STATE_DIR ]]; then
 	for entry in "$STATE_DIR"/* "$STATE_DIR"/.[!.]*; do
-		[[ -e $entry && $entry != "$LOG_DIR" && $entry != "$STATE_DIR/logs.prev" ]] && rm -rf --one-file-system "$entry"
+		case $entry in
+		"$LOG_DIR" | "$STATE_DIR/logs.prev" | "$STATE_DIR/images") ;; # logs; image archives built for the cluster
+		*) [[ -e $entry ]] && rm -rf --one-file-system "$entry" ;;
+		esac
 	done
 fi
 
 # --- what remains ---------------------------------------------------------------
+log "checking what remains"
 left=()
 pids=$(our_pids)
 [[ -z $pids ]] || left+=("processes: $(for p in $pids; do echo "$p:$(tr '\0' ' ' </proc/$p/cmdline | cut -c1-80)"; done)")

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Checks that the running test cluster behaves like a real one (make cluster-test
-# runs it first): the node is Ready; under Pod Security `restricted` a
+# Checks that the running test cluster behaves like a real one: the node is
+# Ready; under Pod Security `restricted` a
 # restricted pod runs and a privileged one is refused; a Service's ClusterIP
 # reaches its pod from the host, from another pod and from the pod itself
 # (hairpin); Service names resolve in pods; a ServiceAccount without RBAC gets
 # 403 listing pods (from the host and from a pod, through the kubernetes
 # Service); kubectl exec and logs work (API server → kubelet). Exits non-zero on
-# the first failure. Leaves nothing behind (its namespace is deleted).
+# the first failure; memory limits are enforced (OOMKilled). Leaves nothing behind (its namespace is deleted).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -100,6 +100,27 @@ EOF
 fi
 [[ $out == *'violates PodSecurity "restricted:latest"'* ]] || fail "the privileged pod was refused, but not by PodSecurity: $out"
 pass "privileged pod refused by PodSecurity"
+
+# Memory limits are enforced: a container that outgrows its limit is OOM-killed.
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: oom, namespace: $NS}
+spec:
+  restartPolicy: Never
+  securityContext: $restricted
+  containers:
+  - name: oom
+    image: $NETCHECK_IMAGE
+    imagePullPolicy: Never
+    args: [alloc, "256"]
+    resources: {limits: {memory: 32Mi}}
+    securityContext: $container_sc
+EOF
+kubectl -n "$NS" wait --for=jsonpath='{.status.containerStatuses[0].state.terminated.reason}'=OOMKilled pod/oom \
+	--timeout "${TIMEOUT}s" >/dev/null ||
+	fail "a container over its 32Mi memory limit was not OOM-killed: $(kubectl -n "$NS" get pod oom -o jsonpath='{.status.containerStatuses[0].state}')"
+pass "a container over its memory limit is OOMKilled"
 
 # ClusterIP from the host.
 ip=$(kubectl -n "$NS" get service echo -o jsonpath='{.spec.clusterIP}')

@@ -7,6 +7,8 @@
 //	netcheck resolve NAME...     resolve each NAME through the pod's resolv.conf
 //	netcheck api PATH            GET PATH from the API server with the pod's
 //	                             service-account token; print the HTTP status
+//	netcheck alloc MIB           allocate and touch MIB MiB of memory, then exit 0
+//	                             (under a smaller memory limit: OOM-killed)
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -77,6 +80,20 @@ func main() {
 		}
 		resp.Body.Close()
 		fmt.Println(resp.StatusCode)
+	case "alloc":
+		mib, err := strconv.Atoi(os.Args[2])
+		if err != nil {
+			fail(err)
+		}
+		held := make([][]byte, 0, mib)
+		for i := 0; i < mib; i++ {
+			chunk := make([]byte, 1<<20)
+			for j := 0; j < len(chunk); j += 4096 {
+				chunk[j] = 1
+			}
+			held = append(held, chunk)
+		}
+		fmt.Printf("allocated %d MiB\n", len(held))
 	default:
 		fail("unknown command " + os.Args[1])
 	}
