@@ -33,11 +33,11 @@ build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
 
 .PHONY: test
-test: deps ## Run every test against throwaway PostgreSQL/Redis (or DATABASE_URL/REDIS_URL)
+test: deps ## Run every test against throwaway PostgreSQL/Redis (or DATABASE_URL/REDIS_URL), all but the real cluster's
 ifeq ($(NEXTEST),yes)
-	scripts/with-services.sh $(CARGO) nextest run --workspace --no-fail-fast
+	scripts/with-services.sh $(CARGO) nextest run --workspace --exclude kubefaas-cluster-tests --no-fail-fast
 else
-	scripts/with-services.sh $(CARGO) test --workspace --no-fail-fast
+	scripts/with-services.sh $(CARGO) test --workspace --exclude kubefaas-cluster-tests --no-fail-fast
 endif
 
 .PHONY: crds
@@ -64,6 +64,20 @@ apiserver: ## Run the standalone API server on 127.0.0.1:6443 (kubeconfig in .tm
 services: ## Start throwaway PostgreSQL/Redis and open a shell with DATABASE_URL/REDIS_URL set
 	scripts/with-services.sh $${SHELL:-bash}
 
+# The real cluster: a single-node Kubernetes from upstream binaries (cluster/), the images built
+# here from a debootstrap base, the chart installed with Helm, the end-to-end tests on it.
+.PHONY: cluster-up
+cluster-up: ## Start the single-node Kubernetes cluster (builds and caches its binaries on first use)
+	cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the cluster and remove all it made (processes, mounts, interfaces, iptables rules)
+	cluster/down.sh
+
+.PHONY: cluster-test
+cluster-test: ## Images, Helm install and the end-to-end tests on the cluster (started, and removed, if none runs)
+	cluster/test.sh
+
 # kind: build the images, load them into a kind cluster, install the chart, run the examples.
 # Needs docker, kind, kubectl and helm; nothing here runs in `make test`.
 KIND ?= kind
@@ -74,7 +88,7 @@ KIND_NAMESPACE ?= kubefaas-system
 IMAGE_TAG ?= dev
 PLATFORM_IMAGES := operator executor api-gateway
 # Every image of the runtime catalogue (core/src/runtime.rs; a chart test keeps them in step).
-RUNTIME_IMAGES := kubefaas/runtime-python:3.12 kubefaas/runtime-python:3.11 kubefaas/runtime-nodejs:20 kubefaas/runtime-nodejs:22 kubefaas/runtime-go:1.22
+RUNTIME_IMAGES := kubefaas/runtime-python:3.13 kubefaas/runtime-python:3.11 kubefaas/runtime-nodejs:20 kubefaas/runtime-nodejs:22 kubefaas/runtime-go:1.22
 
 .PHONY: kind-up
 kind-up: ## Create the kind cluster of kind-config.yaml

@@ -54,8 +54,8 @@ pub const CATALOGUE: &[Runtime] = &[
     Runtime {
         name: "python",
         language: Language::Python,
-        version: "3.12",
-        image: "kubefaas/runtime-python:3.12",
+        version: "3.13",
+        image: "kubefaas/runtime-python:3.13",
         local_program: "python3",
     },
     Runtime {
@@ -66,10 +66,10 @@ pub const CATALOGUE: &[Runtime] = &[
         local_program: "python3",
     },
     Runtime {
-        name: "python3.12",
+        name: "python3.13",
         language: Language::Python,
-        version: "3.12",
-        image: "kubefaas/runtime-python:3.12",
+        version: "3.13",
+        image: "kubefaas/runtime-python:3.13",
         local_program: "python3",
     },
     Runtime {

@@ -918,7 +918,7 @@ mod tests {
         assert_eq!(spec["automountServiceAccountToken"], false);
         assert_eq!(spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
         let container = &spec["containers"][0];
-        assert_eq!(container["image"], "registry.example/kf/kubefaas/runtime-python:3.12");
+        assert_eq!(container["image"], "registry.example/kf/kubefaas/runtime-python:3.13");
         let security = &container["securityContext"];
         assert_eq!(security["runAsNonRoot"], true);
         assert_eq!(security["allowPrivilegeEscalation"], false);

@@ -143,7 +143,7 @@ fn function_pod(name: &str, memory: &str) -> Value {
             "restartPolicy": "Always",
             "containers": [{
                 "name": "function",
-                "image": "kubefaas/runtime-python:3.12",
+                "image": "kubefaas/runtime-python:3.13",
                 "ports": [{"containerPort": 8080}],
                 "env": [
                     {"name": "KUBEFAAS_HANDLER", "value": "handler.main"},

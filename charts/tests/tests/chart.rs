@@ -1,7 +1,7 @@
 //! The Helm chart, linted and rendered by the Helm SDK (Helm's own Go code, through `helm.py`),
-//! with the default values, kind's values and every optional feature on; then the rendered
-//! objects are checked against the Kubernetes types, the README's RBAC mapping, the executor's
-//! runtime pods and the binaries' own flag parsers.
+//! with the default values, kind's values, the real test cluster's values and every optional
+//! feature on; then the rendered objects are checked against the Kubernetes types, the README's
+//! RBAC mapping, the executor's runtime pods and the binaries' own flag parsers.
 //!
 //! Needs `KUBEFAAS_TEST_PYTHON` (`make deps` / `make test`) and the workspace's binaries built.
 
@@ -357,10 +357,10 @@ fn runtime_network_policy_admits_only_executors_to_the_runtime_pods_the_executor
             .collect();
         let namespaces: BTreeSet<String> =
             policies.iter().filter_map(|p| p.metadata.namespace.clone()).collect();
-        let expected: BTreeSet<String> = if label == "values-all.yaml" {
-            ["functions".into(), "team-a".into()].into()
-        } else {
-            ["default".into()].into()
+        let expected: BTreeSet<String> = match label {
+            "values-all.yaml" => ["functions".into(), "team-a".into()].into(),
+            "values-cluster.yaml" => ["default".into(), "kubefaas-e2e".into()].into(),
+            _ => ["default".into()].into(),
         };
         assert_eq!(namespaces, expected, "{label}: one policy per runtime namespace");
 

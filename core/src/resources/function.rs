@@ -46,7 +46,7 @@ pub const METADATA_ANNOTATION: &str = "kubefaas.io/metadata";
 pub struct FunctionSpec {
     /// Runtime that runs the code, from the runtime catalogue: `python`, `nodejs` or `go` (the
     /// current default version of each language), or a version-qualified name such as
-    /// `python3.12`, `nodejs22` or `go1.22`.
+    /// `python3.13`, `nodejs22` or `go1.22`.
     pub runtime: String,
 
     /// Entry point inside the code. python: `module.function` (`main.handler` calls

@@ -95,7 +95,7 @@ pub(crate) struct Plan {
     pub(crate) ready_path: String,
 }
 
-/// The runtime of an image of the catalogue: `kubefaas/runtime-python:3.12`, with or without
+/// The runtime of an image of the catalogue: `kubefaas/runtime-python:3.13`, with or without
 /// a registry prefix.
 pub(crate) fn runtime_of(image: &str) -> Option<&'static runtime::Runtime> {
     runtime::CATALOGUE
@@ -263,20 +263,20 @@ mod tests {
 
     #[test]
     fn runtime_images_are_recognised_with_or_without_a_registry() {
-        assert_eq!(runtime_of("kubefaas/runtime-python:3.12").map(|r| r.name), Some("python"));
+        assert_eq!(runtime_of("kubefaas/runtime-python:3.13").map(|r| r.name), Some("python"));
         assert_eq!(
             runtime_of("registry.example:5000/kubefaas/runtime-nodejs:22").map(|r| r.name),
             Some("nodejs22")
         );
         assert!(runtime_of("nginx:1.27").is_none());
-        assert!(runtime_of("evilkubefaas/runtime-python:3.12").is_none());
+        assert!(runtime_of("evilkubefaas/runtime-python:3.13").is_none());
     }
 
     #[test]
     fn mounted_paths_limits_and_the_listen_address_are_translated() {
         let pod = pod(json!({
             "name": "function",
-            "image": "kubefaas/runtime-python:3.12",
+            "image": "kubefaas/runtime-python:3.13",
             "env": [
                 {"name": "KUBEFAAS_CODE_DIR", "value": "/var/task"},
                 {"name": "KUBEFAAS_LISTEN", "value": "0.0.0.0:9000"},
@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn env_from_entries_become_sources_with_their_prefix_and_optionality() {
         let pod = pod(json!({
-            "name": "c", "image": "kubefaas/runtime-python:3.12",
+            "name": "c", "image": "kubefaas/runtime-python:3.13",
             "envFrom": [
                 {"configMapRef": {"name": "settings"}},
                 {"secretRef": {"name": "db", "optional": true}, "prefix": "DB_"},
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn another_command_than_the_watchdog_is_refused() {
         let pod = pod(json!({
-            "name": "c", "image": "kubefaas/runtime-python:3.12", "command": ["sh", "-c", "x"],
+            "name": "c", "image": "kubefaas/runtime-python:3.13", "command": ["sh", "-c", "x"],
         }));
         assert_eq!(plan_of(&pod).unwrap_err().reason, "CreateContainerError");
         let pod = pod_with_command();
@@ -357,14 +357,14 @@ mod tests {
 
     fn pod_with_command() -> Pod {
         pod(json!({
-            "name": "c", "image": "kubefaas/runtime-python:3.12",
+            "name": "c", "image": "kubefaas/runtime-python:3.13",
             "command": ["/usr/local/bin/kubefaas-watchdog"],
         }))
     }
 
     #[test]
     fn volumes_other_than_config_maps_and_empty_dirs_are_refused() {
-        let mut p = pod(json!({"name": "c", "image": "kubefaas/runtime-python:3.12"}));
+        let mut p = pod(json!({"name": "c", "image": "kubefaas/runtime-python:3.13"}));
         assert_eq!(volumes(&p).unwrap().len(), 2);
         p.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(
             serde_json::from_value(json!({"name": "h", "hostPath": {"path": "/etc"}})).unwrap(),

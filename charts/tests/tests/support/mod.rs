@@ -26,6 +26,7 @@ pub(crate) fn variants() -> Vec<(&'static str, Vec<PathBuf>)> {
     vec![
         ("default values", vec![]),
         ("values-kind.yaml", vec![chart_dir().join("values-kind.yaml")]),
+        ("values-cluster.yaml", vec![chart_dir().join("values-cluster.yaml")]),
         ("values-all.yaml", vec![repo_root().join("charts/tests/values-all.yaml")]),
     ]
 }
