@@ -164,7 +164,7 @@ fi
 
 # --- cgroups ------------------------------------------------------------------
 log "removing cgroups"
-for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT"; do
+for cg in $(cgroup_dirs); do
 	[[ -d $cg ]] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
 done
 
@@ -205,7 +205,7 @@ links=$(our_log_links)
 for path in "${HOST_PATHS[@]}"; do
 	[[ -e $path ]] && ! had "path $path" && left+=("host path made by the cluster: $path ($(ls -A "$path" | wc -l) entries)")
 done
-cgroups=$(ls -d /sys/fs/cgroup/*/"$CGROUP_PARENT" 2>/dev/null || true)
+cgroups=$(for cg in $(cgroup_dirs); do [[ -d $cg ]] && echo "$cg"; done)
 [[ -z $cgroups ]] || left+=("cgroups: $(echo $cgroups)")
 [[ -e $STATE_DIR/etcd || -e $STATE_DIR/containerd || -e $STATE_DIR/kubelet ]] && left+=("state: $STATE_DIR (not removed)")
 

@@ -23,6 +23,9 @@ KUBELET_DIR=$STATE_DIR/kubelet
 CNI_DIR=$STATE_DIR/cni
 # The kubelet puts its pods' cgroups under this parent in every hierarchy.
 CGROUP_PARENT=kubefaas
+# cgroup_dirs: our parent cgroup in each mounted hierarchy (v1 controllers and
+# named hierarchies, the v2 one in hybrid or unified mode).
+cgroup_dirs() { awk -v p="$CGROUP_PARENT" '$3 == "cgroup" || $3 == "cgroup2" {print $2 "/" p}' /proc/self/mounts; }
 
 # The components, in start order; down.sh stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)

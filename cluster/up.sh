@@ -99,7 +99,14 @@ start() {
 		return 0
 	fi
 	log "starting $name"
-	setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+	(
+		# Hold none of the caller's descriptors (a CI step waits for its pipes to close).
+		for fd in /proc/self/fd/*; do
+			fd=${fd##*/}
+			((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+		done
+		exec setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null
+	) &
 	echo $! >"$(pid_file "$name")"
 }
 # wait_up NAME WHAT COMMAND...: like wait_for, but gives up at once if NAME died.
@@ -379,12 +386,12 @@ import_image "$IMAGE_DIR/coredns-$COREDNS_VERSION.tar" "$COREDNS_IMAGE"
 
 # --- kubelet ---------------------------------------------------------------------------------
 # Pods' cgroups go under /kubefaas in every hierarchy (down.sh removes it).
-for hierarchy in /sys/fs/cgroup/*/; do
-	[[ -d $hierarchy && ! -L ${hierarchy%/} ]] || continue
-	mkdir -p "$hierarchy$CGROUP_PARENT"
-	if [[ -f ${hierarchy}cpuset.cpus && ! -s $hierarchy$CGROUP_PARENT/cpuset.cpus ]]; then
-		cat "${hierarchy}cpuset.cpus" >"$hierarchy$CGROUP_PARENT/cpuset.cpus"
-		cat "${hierarchy}cpuset.mems" >"$hierarchy$CGROUP_PARENT/cpuset.mems"
+for cg in $(cgroup_dirs); do
+	mkdir -p "$cg"
+	# A new v1 cpuset starts empty; give it the parent's CPUs and memory nodes.
+	if [[ -f ${cg%/*}/cpuset.cpus && -f $cg/cpuset.cpus && -z $(<"$cg/cpuset.cpus") ]]; then
+		cat "${cg%/*}/cpuset.cpus" >"$cg/cpuset.cpus"
+		cat "${cg%/*}/cpuset.mems" >"$cg/cpuset.mems"
 	fi
 done
 mkdir -p "$KUBELET_DIR" "$LOG_DIR/pods"
