@@ -297,6 +297,15 @@ fi
 # Forwarding for pod traffic; bridged traffic through iptables, so Services work
 # between pods on the one bridge.
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+# A host firewall that drops forwarded packets by default (Docker's, ufw) would
+# drop pod traffic: accept the pod range, with our network's comment so that
+# down.sh removes the rules with the rest.
+if [[ $(iptables -S FORWARD 2>/dev/null | head -1) != "-P FORWARD ACCEPT" ]]; then
+	for dir in -s -d; do
+		rule=(FORWARD "$dir" "$POD_CIDR" -m comment --comment "name: \"$CNI_NETWORK_NAME\" pod forwarding" -j ACCEPT)
+		iptables -C "${rule[@]}" 2>/dev/null || iptables -I "${rule[@]}"
+	done
+fi
 
 # --- containerd ----------------------------------------------------------------------------
 ((${#CONTAINERD_SOCK} < 100)) || die "the containerd socket path $CONTAINERD_SOCK is too long for a unix socket; clone the repo to a shorter path"
@@ -395,6 +404,12 @@ for cg in $(cgroup_dirs); do
 	fi
 done
 mkdir -p "$KUBELET_DIR" "$LOG_DIR/pods"
+# Pods with dnsPolicy Default (CoreDNS) get the node's resolvers: with
+# systemd-resolved, the real ones, not its 127.0.0.53 stub (a loop for CoreDNS).
+resolv_conf=/etc/resolv.conf
+if grep -qE '^nameserver 127\.' /etc/resolv.conf && [[ -f /run/systemd/resolve/resolv.conf ]]; then
+	resolv_conf=/run/systemd/resolve/resolv.conf
+fi
 cat >"$STATE_DIR/kubelet.yaml" <<EOF
 # Written by cluster/up.sh.
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -420,7 +435,7 @@ authorization:
   webhook: {cacheAuthorizedTTL: 30s, cacheUnauthorizedTTL: 10s}
 clusterDNS: [$DNS_SERVICE_IP]
 clusterDomain: $CLUSTER_DOMAIN
-resolvConf: /etc/resolv.conf
+resolvConf: $resolv_conf
 podLogsDir: $LOG_DIR/pods
 volumePluginDir: $KUBELET_DIR/volume-plugins
 failSwapOn: false
