@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Checks that the running test cluster behaves like a real one: the node is
-# Ready; under Pod Security `restricted` a
-# restricted pod runs and a privileged one is refused; a Service's ClusterIP
-# reaches its pod from the host, from another pod and from the pod itself
-# (hairpin); Service names resolve in pods; a ServiceAccount without RBAC gets
-# 403 listing pods (from the host and from a pod, through the kubernetes
-# Service); kubectl exec and logs work (API server → kubelet). Exits non-zero on
-# the first failure; memory limits are enforced (OOMKilled). Leaves nothing behind (its namespace is deleted).
+# Checks that the running test cluster behaves like a real one, and exits
+# non-zero at the first failure: the node is Ready; under Pod Security
+# `restricted` a restricted pod runs and a privileged one is refused; memory
+# limits are enforced (OOMKilled); a Service's ClusterIP reaches its pod from
+# the host, from another pod and from the pod itself (hairpin); Service names
+# resolve in pods; a ServiceAccount without RBAC gets 403 listing pods (from the
+# host, and from a pod through the kubernetes Service); kubectl exec works
+# (API server → kubelet); the namespace deletes. Leaves nothing behind.
+# Env: SMOKE_TIMEOUT (seconds per wait, default 90).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
