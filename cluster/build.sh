@@ -23,6 +23,18 @@ parts=("$@")
 want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
 mkdir -p "$BIN_DIR" "$IMAGE_DIR"
+# What building needs, checked before the first build (not when all is built).
+prereqs_ok=
+prereqs() {
+	[[ -z $prereqs_ok ]] || return 0
+	command -v go >/dev/null || die "go is missing (Go 1.26 or newer: the Kubernetes modules need it)"
+	if [[ $(id -u) == 0 ]]; then
+		need_commands gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev jq:jq
+	else
+		command -v gcc >/dev/null && command -v jq >/dev/null || die "gcc (with libc6-dev) and jq are needed"
+	fi
+	prereqs_ok=1
+}
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--buildvcs=false}
 
 # stamp_ok NAME VALUE: NAME was built for VALUE (a version or content hash).
@@ -31,6 +43,7 @@ stamp() { echo "$2" >"$BIN_DIR/.$1.stamp"; }
 timed() {
 	local what=$1 start=$SECONDS
 	shift
+	prereqs
 	log "building $what"
 	"$@"
 	log "built $what in $((SECONDS - start))s"

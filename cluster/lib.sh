@@ -79,4 +79,20 @@ running() {
 
 need_root() { [[ $(id -u) == 0 ]] || die "run as root (the cluster runs containers, mounts and iptables rules)"; }
 
+# need_commands COMMAND:PACKAGE...: install the Debian packages of the missing
+# commands (apt-get, as root), or fail naming them.
+need_commands() {
+	local spec missing=()
+	for spec; do
+		if [[ ${spec%%:*} == /* ]]; then [[ -e ${spec%%:*} ]] && continue; else command -v "${spec%%:*}" >/dev/null && continue; fi
+		[[ " ${missing[*]} " == *" ${spec#*:} "* ]] || missing+=("${spec#*:}")
+	done
+	((${#missing[@]})) || return 0
+	command -v apt-get >/dev/null || die "missing: install ${missing[*]} (Debian package names)"
+	log "installing ${missing[*]}"
+	{ apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; }; } >&2 ||
+		die "could not install ${missing[*]}"
+}
+
 kubectl_admin() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }

@@ -16,13 +16,11 @@ UP_TIMEOUT=${UP_TIMEOUT:-120}
 # --- what it needs -----------------------------------------------------------
 "$CLUSTER_DIR/build.sh"
 export PATH=$BIN_DIR:$PATH
-for cmd in containerd containerd-shim-runc-v2 runc ctr iptables ip6tables conntrack ip openssl jq curl; do
-	command -v "$cmd" >/dev/null || die "$cmd is missing (Debian: containerd runc iptables conntrack iproute2 openssl jq curl)"
-done
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
-for plugin in bridge host-local loopback; do
-	[[ -x $CNI_BIN_DIR/$plugin ]] || die "CNI plugin $CNI_BIN_DIR/$plugin is missing (Debian: containernetworking-plugins)"
-done
+need_commands containerd:containerd containerd-shim-runc-v2:containerd ctr:containerd runc:runc \
+	iptables:iptables ip6tables:iptables conntrack:conntrack ip:iproute2 openssl:openssl jq:jq curl:curl \
+	"$CNI_BIN_DIR/bridge:containernetworking-plugins" "$CNI_BIN_DIR/host-local:containernetworking-plugins" \
+	"$CNI_BIN_DIR/loopback:containernetworking-plugins"
 [[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || die "no cgroup hierarchy mounted"
 [[ -d /proc/sys/net/bridge ]] || modprobe br_netfilter || die "br_netfilter is not available (bridged pod traffic must pass iptables)"
 grep -qw overlay /proc/filesystems || modprobe overlay || die "overlayfs is not available"
