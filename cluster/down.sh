@@ -36,14 +36,16 @@ stop() {
 	rm -f "$f"
 }
 
-# our_pids: the live processes of this cluster: our binaries, the shims of our
-# containerd and anything whose command line names our state, everything in
-# our pods' cgroups. (A few processes in all, not one per PID: it runs often.)
+# our_pids: the live processes of this cluster: the components (our builds of
+# them, and containerd with our config), the shims of our containerd, everything
+# in our pods' cgroups. Not kubectl or helm, nor a process that merely names a
+# file under .cluster/. (A few processes in all, not one per PID: it runs often.)
 our_pids() {
 	local candidates pid
 	candidates=$({
-		find /proc -mindepth 2 -maxdepth 2 -name exe -lname "$BIN_DIR/*" -printf '%h\n' 2>/dev/null
-		grep -alsF -e "$CONTAINERD_SOCK" -e "$STATE_DIR/" /proc/[0-9]*/cmdline
+		find /proc -mindepth 2 -maxdepth 2 -name exe \( -lname "$BIN_DIR/etcd*" -o -lname "$BIN_DIR/kube-*" \
+			-o -lname "$BIN_DIR/kubelet*" \) -printf '%h\n' 2>/dev/null
+		grep -alsF -e "$CONTAINERD_SOCK" -e "$CONTAINERD_DIR/config.toml" /proc/[0-9]*/cmdline
 		grep -lsF ":/$CGROUP_PARENT/" /proc/[0-9]*/cgroup
 	} | awk -F/ '{print $3}' | sort -un | grep -vxF -e "$$" -e "$BASHPID")
 	for pid in $candidates; do alive "$pid" && echo "$pid"; done
@@ -202,8 +204,20 @@ for cmd in iptables ip6tables; do
 done
 links=$(our_log_links)
 [[ -z $links ]] || left+=("links in /var/log/containers: $(echo "$links" | wc -l)")
+# Our files in the fixed host paths; the directories themselves may hold
+# another containerd's or kubelet's files by now (only a note, then).
+ours_in_host_paths=$(
+	ls -d /var/lib/cni/results/"$CNI_NETWORK_NAME"-* 2>/dev/null
+	had "path /var/lib/kubelet/device-plugins" || ls -d /var/lib/kubelet/device-plugins/kubelet.sock 2>/dev/null
+	for id in $task_ids; do
+		ls -d /var/lib/cni/results/*-"$id"-* 2>/dev/null
+		ls -d "/run/containerd/s/$(printf %s "$CONTAINERD_SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)" 2>/dev/null
+	done
+)
+[[ -z $ours_in_host_paths ]] || left+=("files in host paths: $(echo $ours_in_host_paths)")
+foreign=()
 for path in "${HOST_PATHS[@]}"; do
-	[[ -e $path ]] && ! had "path $path" && left+=("host path made by the cluster: $path ($(ls -A "$path" | wc -l) entries)")
+	[[ -e $path ]] && ! had "path $path" && foreign+=("$path")
 done
 cgroups=$(for cg in $(cgroup_dirs); do [[ -d $cg ]] && echo "$cg"; done)
 [[ -z $cgroups ]] || left+=("cgroups: $(echo $cgroups)")
@@ -214,5 +228,6 @@ if ((${#left[@]})); then
 	printf '  %s\n' "${left[@]}" >&2
 	exit 1
 fi
+((${#foreign[@]} == 0)) || log "note: ${foreign[*]} appeared while the cluster ran and hold files of something else now; left alone"
 [[ -z $netns ]] || log "note: /var/run/netns has cni-* entries not made by this cluster (its netns live under .cluster/): $(echo $netns)"
 log "down after $((SECONDS - started_at))s; no process, mount, interface, iptables rule or cgroup left behind"
