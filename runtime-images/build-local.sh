@@ -82,6 +82,10 @@ deps
 # shellcheck source=runtime-images/podman-env.sh
 source "$here/podman-env.sh"
 build_flags=(--layers --pull=never --network=host "${kf_ulimits[@]}")
+kf_lock_store
+# Working containers of an earlier run that failed half way go (the store is this script's).
+kf_release_store
+trap kf_release_store EXIT
 
 # --- Debian bases ------------------------------------------------------------------------------
 # Files every base gets before it is imported: no documentation, manuals or translations (later
@@ -145,10 +149,10 @@ debian_base() {
   rm -rf "$rootfs"
   mkdir -p "$rootfs" "$kf_cache/debootstrap/$suite"
   # A debootstrap that dies half way leaves /proc and /sys mounted in the root file system.
-  trap 'umount -R "'"$rootfs"'/proc" "'"$rootfs"'/sys" 2>/dev/null || true' EXIT
+  trap 'umount -R "'"$rootfs"'/proc" "'"$rootfs"'/sys" 2>/dev/null || true; kf_release_store' EXIT
   debootstrap --variant=minbase --cache-dir="$kf_cache/debootstrap/$suite" "$suite" "$rootfs" \
     ${KUBEFAAS_DEBIAN_MIRROR:+"$KUBEFAAS_DEBIAN_MIRROR"}
-  trap - EXIT
+  trap kf_release_store EXIT
   base_rootfs_config "$suite" "$rootfs"
   tmpref=localhost/kubefaas/debian-rootfs:$suite-$key
   tar --numeric-owner --xattrs -C "$rootfs" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - . |

@@ -38,3 +38,22 @@ export CONTAINERS_CONF=$kf_podman/containers.conf
 export CONTAINERS_REGISTRIES_CONF=$kf_podman/registries.conf
 # The engines' own defaults for RUN steps and containers ask for more than the sandbox allows.
 kf_ulimits=(--ulimit nofile=20000:20000 --ulimit nproc=4096:4096)
+
+# One user of the store at a time: a build removes the working containers a failed run left,
+# and both unmount the store on exit. A test run by build-local.sh shares its lock.
+kf_lock_store() {
+  [[ -z ${KUBEFAAS_IMAGES_STORE_LOCKED:-} ]] || return 0
+  exec 9>"$kf_cache/lock"
+  if ! flock -n 9; then
+    echo "waiting for another build-local.sh or test-local.sh to finish (at most 1 hour)" >&2
+    flock -w 3600 9 || { echo "$kf_cache/lock is still held" >&2; exit 1; }
+  fi
+  export KUBEFAAS_IMAGES_STORE_LOCKED=1
+}
+
+# Leaves no mount behind: containers/storage keeps its overlay directory (and any working
+# container's root) mounted after the engines exit. Called on exit, when nothing of ours runs.
+kf_release_store() {
+  buildah rm --all >/dev/null 2>&1 || true
+  grep -o " $kf_podman/[^ ]*" /proc/mounts | sort -r | xargs -r umount 2>/dev/null || true
+}

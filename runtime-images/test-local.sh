@@ -21,6 +21,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 # shellcheck source=runtime-images/podman-env.sh
 source "$here/podman-env.sh"
+standalone=${KUBEFAAS_IMAGES_STORE_LOCKED:-yes}
+[[ $standalone == yes ]] || standalone=
+kf_lock_store
 
 list=${KUBEFAAS_IMAGES_DIR:-$root/.cluster/images}/images.txt
 if (($# == 0)); then
@@ -37,6 +40,7 @@ cleanup() {
   for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
   stop_containerd
   rm -rf "$work"
+  if [[ -n $standalone ]]; then kf_release_store; fi
 }
 stop_containerd() {
   [[ -n $containerd_pid ]] || return 0
