@@ -166,6 +166,8 @@ pub struct Instance {
     writer: OwnedWriteHalf,
     logs: LogCapture,
     cgroup: Option<Cgroup>,
+    /// Without a cgroup of its own: the enclosing cgroup's OOM kills when the instance started.
+    oom_baseline: Option<u64>,
     invocations: u64,
     alive: bool,
     init_logs: Option<Segment>,
@@ -291,7 +293,9 @@ impl Instance {
         )
         .map_err(Error::SpawnInstance)?;
         let pid = child.id();
-        let mut pending = Pending { child, logs, cgroup, pid };
+        let oom_baseline =
+            if cgroup.is_none() { crate::sandbox::enclosing_oom_kills() } else { None };
+        let mut pending = Pending { child, logs, cgroup, pid, oom_baseline };
 
         // One deadline covers the whole start: connecting and loading the handler.
         let deadline = tokio::time::Instant::now() + driver.config.init_timeout;
@@ -358,7 +362,7 @@ impl Instance {
         let init_duration = started.elapsed();
         tracing::debug!(instance = %id, function = %spec.name, ?init_duration, "instance ready");
         guard.defuse();
-        let Pending { child, logs, cgroup, pid } = pending;
+        let Pending { child, logs, cgroup, pid, oom_baseline } = pending;
         Ok(Ok(Instance {
             id,
             driver,
@@ -370,6 +374,7 @@ impl Instance {
             writer,
             logs,
             cgroup,
+            oom_baseline,
             invocations: 0,
             alive: true,
             init_logs: Some(init_logs),
@@ -494,7 +499,7 @@ impl Instance {
         let status =
             tokio::time::timeout(SETTLE, self.child.wait()).await.ok().and_then(Result::ok);
         self.kill().await;
-        death_error(status, self.cgroup.as_ref().map_or(0, Cgroup::oom_kills))
+        death_error(status, oom_kills(status, self.cgroup.as_ref(), self.oom_baseline))
     }
 
     /// Kills the instance and everything it started.
@@ -525,6 +530,7 @@ struct Pending {
     logs: LogCapture,
     cgroup: Option<Cgroup>,
     pid: Option<u32>,
+    oom_baseline: Option<u64>,
 }
 
 impl Pending {
@@ -562,7 +568,8 @@ impl Pending {
                 logs.text.trim()
             ))));
         }
-        let mut error = death_error(status, self.cgroup.as_ref().map_or(0, Cgroup::oom_kills));
+        let mut error =
+            death_error(status, oom_kills(status, self.cgroup.as_ref(), self.oom_baseline));
         if error.type_ == error_types::RUNTIME_EXITED {
             error.message = format!("{what}: {}", error.message);
         }
@@ -606,6 +613,19 @@ fn kill_group(child: &mut tokio::process::Child, pid: Option<u32>, has_cgroup: b
         && !(reaped && has_cgroup)
     {
         crate::process::kill_group(pid as i32);
+    }
+}
+
+/// OOM kills that ended the instance: its own cgroup's, or, without one, those of the enclosing
+/// cgroup since `baseline` when the instance died of SIGKILL (the OOM killer's signal).
+fn oom_kills(status: Option<ExitStatus>, cgroup: Option<&Cgroup>, baseline: Option<u64>) -> u64 {
+    use std::os::unix::process::ExitStatusExt;
+    match (cgroup, baseline) {
+        (Some(cgroup), _) => cgroup.oom_kills(),
+        (None, Some(baseline)) if status.and_then(|s| s.signal()) == Some(9) => {
+            crate::sandbox::enclosing_oom_kills().unwrap_or(baseline).saturating_sub(baseline)
+        }
+        (None, _) => 0,
     }
 }
 

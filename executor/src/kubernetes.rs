@@ -7,9 +7,12 @@
 //! Pods are reused while warm, created up to `maxInstances` when all are busy, reaped after
 //! `idleTimeoutSeconds` down to `minWarm`, and replaced when the function's code or settings
 //! change. A container the kubelet reports `OOMKilled` during an invocation makes it fail with
-//! `OutOfMemory`. `minWarm` pods are started as soon as the Function is Ready, ahead of its first
+//! `OutOfMemory`; so does an instance the kernel killed inside a container that lives on (the OOM
+//! killer picks the interpreter, not the watchdog): the watchdog reads its container cgroup's
+//! OOM-kill counter. `minWarm` pods are started as soon as the Function is Ready, ahead of its first
 //! invocation, and retired when it is deleted ([`crate::warm`] drives both from the watch of
-//! Functions); `minWarm` counts per executor, so each executor keeps that many.
+//! Functions); `minWarm` and `maxInstances` count per executor, so each executor keeps and caps
+//! that many (the Function's field docs say so; a shared pool across executors is future work).
 //!
 //! The backend knows its pods from memory only. Each pod carries the executor's name as a label,
 //! and an executor starting under a name deletes the pods labelled with it (a restart with the
@@ -478,10 +481,24 @@ impl KubernetesBackend {
     /// Polls the pod until it is Ready (its IP and restart count) or cannot become so.
     async fn wait_ready(&self, pods: &Api<Pod>, name: &str) -> Result<(String, i32), String> {
         let deadline = Instant::now() + self.config.start_timeout;
+        // Why the pod is not running yet, as the scheduler or kubelet says (for the timeout).
+        let mut pending = String::new();
         loop {
             match pods.get_opt(name).await {
                 Ok(Some(pod)) => {
                     let status = pod.status.unwrap_or_default();
+                    if let Some(unscheduled) = status
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                    {
+                        pending = format!(
+                            ": {}: {}",
+                            unscheduled.reason.as_deref().unwrap_or("not scheduled"),
+                            unscheduled.message.as_deref().unwrap_or_default()
+                        );
+                    }
                     let ready = status
                         .conditions
                         .iter()
@@ -509,7 +526,7 @@ impl KubernetesBackend {
                 Err(error) => tracing::warn!(pod = %name, %error, "reading a runtime pod failed"),
             }
             if Instant::now() >= deadline {
-                return Err(format!("not Ready within {:?}", self.config.start_timeout));
+                return Err(format!("not Ready within {:?}{pending}", self.config.start_timeout));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

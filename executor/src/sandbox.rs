@@ -395,6 +395,16 @@ impl Drop for Cgroup {
     }
 }
 
+/// OOM kills so far in the memory cgroup this process runs in, as the container runtime mounts
+/// it (cgroup v1 `memory.oom_control`, v2 `memory.events`). In a runtime container the instance
+/// has no cgroup of its own (the container's is its limit), and the kernel's OOM killer picks
+/// the instance, not the watchdog: the container keeps running and is never reported
+/// `OOMKilled`, so this counter is how the death is told apart from another SIGKILL.
+pub(crate) fn enclosing_oom_kills() -> Option<u64> {
+    read_key(Path::new("/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+        .or_else(|| read_key(Path::new("/sys/fs/cgroup/memory.events"), "oom_kill"))
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }

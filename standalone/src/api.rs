@@ -503,16 +503,8 @@ impl Cluster {
         let merged =
             apply::apply(live.as_ref(), &config, &opts.field_manager, opts.force, scope, &now)
                 .map_err(|conflicts| {
-                    let fields: Vec<String> = conflicts
-                        .iter()
-                        .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
-                        .collect();
                     let mut err = ApiError::conflict(&rt.group_resource(), name, "");
-                    err.message = format!(
-                        "Apply failed with {} conflict(s): {}",
-                        fields.len(),
-                        fields.join("; ")
-                    );
+                    err.message = apply_conflict_message(&conflicts);
                     err
                 })?;
         match old {
@@ -749,6 +741,27 @@ impl Cluster {
         }
         Ok(out)
     }
+}
+
+/// The message of an apply conflict, worded as kube-apiserver words it (clients and users match
+/// on it): one conflict inline, several grouped by manager in name order, one path per line.
+fn apply_conflict_message(conflicts: &[apply::Conflict]) -> String {
+    if let [only] = conflicts {
+        return format!(
+            "Apply failed with 1 conflict: conflict with \"{}\": {}",
+            only.manager, only.field
+        );
+    }
+    let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for conflict in conflicts {
+        by_manager.entry(&conflict.manager).or_default().push(&conflict.field);
+    }
+    let mut lines = Vec::new();
+    for (manager, fields) in by_manager {
+        lines.push(format!("conflicts with \"{manager}\":"));
+        lines.extend(fields.into_iter().map(|field| format!("- {field}")));
+    }
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
 }
 
 /// A `resourceVersion` or `uid` a client sends must match the stored object's.

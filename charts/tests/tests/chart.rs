@@ -618,7 +618,10 @@ fn platform_dockerfile_has_a_non_root_target_for_each_image_the_chart_runs() {
         &std::fs::read_to_string(support::chart_dir().join("values.yaml")).unwrap(),
     )
     .unwrap();
-    let build = instructions.iter().find(|i| i.starts_with("RUN cargo build")).unwrap();
+    let build = instructions
+        .iter()
+        .find(|i| i.starts_with("RUN ") && i.contains("cargo build"))
+        .expect("a RUN instruction that builds the binaries");
     let base = instructions.iter().position(|i| i.ends_with(" AS base")).unwrap();
     let user = instructions[base..].iter().find_map(|i| i.strip_prefix("USER ")).unwrap();
     assert_eq!(user, "65532:65532", "the uid the chart's podSecurityContext sets");

@@ -89,6 +89,7 @@ async fn functions_in_every_runtime_run_through_resources_on_the_real_cluster() 
     let failed = cluster.wait_phase("invocation/raise-once", "Failed").await;
     assert_eq!(failed["status"]["error"]["type"], "KeyError");
     assert!(failed["status"]["error"]["stack"].as_str().unwrap().contains("main.py"));
+    cluster.delete_functions(&["hello-node", "hello-go", "raiser"]).await;
 
     // A sleeping one is stopped at its deadline.
     cluster
@@ -104,8 +105,10 @@ async fn functions_in_every_runtime_run_through_resources_on_the_real_cluster() 
     cluster.invoke("sleep-once", "sleeper", "{}").await;
     let timed_out = cluster.wait_phase("invocation/sleep-once", "TimedOut").await;
     assert_eq!(timed_out["status"]["error"]["type"], "TimedOut");
+    cluster.delete_functions(&["sleeper"]).await;
 
     memory_hog_fails_out_of_memory(&cluster, "hog").await;
+    cluster.delete_functions(&["hog"]).await;
 
     // Editing the code changes the next result.
     cluster
@@ -154,6 +157,17 @@ async fn functions_in_every_runtime_run_through_resources_on_the_real_cluster() 
     assert_eq!(missing["status"]["error"]["type"], "FunctionNotFound");
 }
 
+/// Replicas of the chart's executor StatefulSet.
+async fn executor_replicas(cluster: &Cluster) -> usize {
+    let statefulset = format!("statefulset/{}-executor", cluster.fullname);
+    cluster
+        .system_ok(&["get", &statefulset, "-o", "jsonpath={.spec.replicas}"])
+        .await
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_pods_pass_pod_security_restricted_and_are_reused_reaped_and_capped() {
     let cluster = Cluster::from_env();
@@ -178,14 +192,21 @@ async fn runtime_pods_pass_pod_security_restricted_and_are_reused_reaped_and_cap
         ))
         .await;
     let ready = cluster.wait_phase("function/pods", "Ready").await;
-    cluster.invoke("pods-1", "pods", "{}").await;
-    let cold = cluster.wait_phase("invocation/pods-1", "Succeeded").await;
-    assert_eq!(cold["status"]["metrics"]["coldStart"], true, "the first invocation made the pod");
-    assert_ne!(cold["status"]["result"]["uid"], 0, "functions never run as root");
-    cluster.invoke("pods-2", "pods", "{}").await;
-    let warm = cluster.wait_phase("invocation/pods-2", "Succeeded").await;
-    assert_eq!(warm["status"]["metrics"]["coldStart"], false, "the warm pod was reused");
-    assert_eq!(warm["status"]["result"]["pid"], cold["status"]["result"]["pid"]);
+    // Invocations land on any of the executors, and each runs its own pods: at most one cold
+    // start per executor, the rest reuse a warm pod (the same process answers again).
+    let executors = executor_replicas(&cluster).await;
+    let mut colds = 0;
+    let mut pids = std::collections::BTreeMap::<i64, usize>::new();
+    for n in 0..=2 * executors {
+        let name = format!("pods-{n}");
+        cluster.invoke(&name, "pods", "{}").await;
+        let done = cluster.wait_phase(&format!("invocation/{name}"), "Succeeded").await;
+        assert_ne!(done["status"]["result"]["uid"], 0, "functions never run as root");
+        colds += usize::from(done["status"]["metrics"]["coldStart"] == true);
+        *pids.entry(done["status"]["result"]["pid"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert!((1..=executors).contains(&colds), "{colds} cold starts on {executors} executors");
+    assert!(pids.values().any(|&n| n > 1), "no warm pod answered twice: {pids:?}");
     cluster
         .eventually(async || {
             let status = cluster.get("function/pods").await["status"].clone();
@@ -199,7 +220,7 @@ async fn runtime_pods_pass_pod_security_restricted_and_are_reused_reaped_and_cap
     // The pod as the kubelet runs it: owned by the Function, restricted, limited, on a pod
     // network address, its container started by containerd from the runtime image.
     let pods = cluster.pods_of("pods").await;
-    assert_eq!(pods.len(), 1, "one pod serves invocations one after another");
+    assert_eq!(pods.len(), colds, "one pod per cold start serves the invocations");
     let pod = &pods[0];
     assert!(is_ready(pod), "{}", pod["status"]);
     let ip = pod["status"]["podIP"].as_str().unwrap();
@@ -247,18 +268,23 @@ async fn runtime_pods_pass_pod_security_restricted_and_are_reused_reaped_and_cap
     for (invocation, _) in invocations {
         cluster.wait_phase(&format!("invocation/{invocation}"), "Succeeded").await;
     }
+    // minWarm and maxInstances count per executor (the Function's field docs say so): every
+    // executor of the StatefulSet keeps its own minWarm pods and runs at most maxInstances.
     cluster.wait_ready_pods("idle", 0).await;
-    cluster.wait_ready_pods("warm", 2).await;
-    assert_eq!(
-        cluster.pods_of("single").await.len(),
-        1,
-        "maxInstances 1: three invocations took turns on one pod"
+    cluster.wait_ready_pods("warm", 2 * executors).await;
+    let single = cluster.pods_of("single").await.len();
+    assert!(
+        (1..=executors).contains(&single),
+        "maxInstances 1 on {executors} executors: three invocations took turns on {single} pods"
     );
     // Observed over several idle timeouts: the minWarm pods stay.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(cluster.pods_of("warm").await.iter().filter(|p| is_ready(p)).count(), 2);
+    let warm = cluster.pods_of("warm").await.iter().filter(|p| is_ready(p)).count();
+    assert_eq!(warm, 2 * executors);
+    cluster.delete_functions(&["pods", "idle", "warm", "single"]).await;
 
     memory_hog_fails_out_of_memory(&cluster, "pod-hog").await;
+    cluster.delete_functions(&["pod-hog"]).await;
 
     // envFrom: the pod carries references, and the kubelet resolves them; a missing Secret
     // keeps the container from starting, which fails the attempt naming it.
@@ -287,6 +313,7 @@ async fn runtime_pods_pass_pod_security_restricted_and_are_reused_reaped_and_cap
     let failed = cluster.wait_phase("invocation/unconfigured-1", "Failed").await;
     let message = failed["status"]["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("\"absent\" not found"), "{}", failed["status"]);
+    cluster.delete_functions(&["configured", "unconfigured"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +373,7 @@ async fn the_rest_gateway_manages_and_invokes_functions_through_its_service() {
         .expect(
             202,
             "POST",
-            "/invoke",
+            &format!("/invoke?namespace={ns}"),
             Some(&json!({"function_id": id, "payload": {"name": "async"}})),
         )
         .await;
@@ -375,4 +402,5 @@ async fn the_rest_gateway_manages_and_invokes_functions_through_its_service() {
     gateway.expect(200, "GET", &format!("/invocations/{invocation}"), None).await;
     let gone = cluster.kubectl(&["get", "function", "rest-hello"]).await;
     assert!(!gone.status.success(), "the Function resource is deleted with it");
+    gateway.expect(204, "DELETE", &format!("/functions/rest-node?namespace={ns}"), None).await;
 }

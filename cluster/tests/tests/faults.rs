@@ -41,7 +41,7 @@ async fn accepted_invocations_finish_when_executor_and_operator_pods_are_killed(
             .expect(
                 202,
                 "POST",
-                "/invoke",
+                &format!("/invoke?namespace={ns}"),
                 Some(&json!({"function_id": id, "payload": {"sleep": 6}})),
             )
             .await;
@@ -73,7 +73,11 @@ async fn accepted_invocations_finish_when_executor_and_operator_pods_are_killed(
     // And more work arrives while they are down.
     for _ in 0..2 {
         let (status, reply) = gateway
-            .call("POST", "/invoke", Some(&json!({"function_id": id, "payload": {"sleep": 1}})))
+            .call(
+                "POST",
+                &format!("/invoke?namespace={ns}"),
+                Some(&json!({"function_id": id, "payload": {"sleep": 1}})),
+            )
             .await;
         assert_eq!(status, 202, "{reply}");
         accepted.push(reply["invocation_id"].as_str().unwrap().to_owned());
@@ -85,4 +89,5 @@ async fn accepted_invocations_finish_when_executor_and_operator_pods_are_killed(
     }
     let first = gateway.expect(200, "GET", &format!("/invocations/{}", accepted[0]), None).await;
     assert!(first["attempts"].as_i64().unwrap_or(0) >= 2, "the killed run was taken over: {first}");
+    gateway.expect(204, "DELETE", &format!("/functions/slow?namespace={ns}"), None).await;
 }

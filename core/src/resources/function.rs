@@ -231,11 +231,14 @@ impl Default for FunctionResources {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scaling {
-    /// Instances kept started and idle, ready for the next invocation.
+    /// Instances kept started and idle, ready for the next invocation. Counted per executor
+    /// replica: with the Helm chart's two executors, twice this many are kept.
     #[serde(default)]
     #[schemars(range(min = 0, max = 100))]
     pub min_warm: i32,
-    /// Most instances of the function that may exist at once. Never below `minWarm`.
+    /// Most instances of the function that one executor replica runs at once (each executor
+    /// runs its own pods or processes, so N executors may run up to N times this many). Never
+    /// below `minWarm`.
     #[serde(default = "default_max_instances")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_instances: i32,

@@ -157,6 +157,21 @@ impl Cluster {
         }
     }
 
+    /// Deletes functions (their pods and code go with them) so a two-core node has room for the
+    /// next scenario's pods; waits until their pods are gone.
+    pub async fn delete_functions(&self, names: &[&str]) {
+        let mut args = vec!["delete", "function", "--ignore-not-found", "--wait=true"];
+        args.extend_from_slice(names);
+        self.kubectl_ok(&args).await;
+        for name in names {
+            self.eventually(async || {
+                let left = self.pods_of(name).await.len();
+                if left == 0 { Ok(()) } else { Err(format!("{name} still has {left} pods")) }
+            })
+            .await;
+        }
+    }
+
     /// The runtime pods of `function` (in the functions' namespace).
     pub async fn pods_of(&self, function: &str) -> Vec<Value> {
         let selector = format!("kubefaas.io/function={function}");
@@ -254,6 +269,8 @@ pub fn function(name: &str, runtime: &str, handler: &str, code: &str, extra: &st
 #[derive(Debug)]
 pub struct Gateway {
     pub base: String,
+    /// Sent with every request (`x-kubefaas-namespace`): the tests' functions live there.
+    pub namespace: String,
     pub token: String,
     client: reqwest::Client,
     _forward: Child,
@@ -306,8 +323,9 @@ impl Gateway {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
             base: format!("http://127.0.0.1:{port}"),
+            namespace: cluster.namespace.clone(),
             token,
-            client: reqwest::Client::new(),
+            client: kubefaas_core::http::client_builder().build().unwrap(),
             _forward: forward,
         }
     }
@@ -325,7 +343,10 @@ impl Gateway {
         body: Option<&Value>,
     ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("x-kubefaas-namespace", &self.namespace);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
