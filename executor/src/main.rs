@@ -61,6 +61,11 @@ struct Flags {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "KUBEFAAS_EXECUTOR_HTTP_ADDR", default_value = "0.0.0.0:8081")]
     http_addr: SocketAddr,
+    /// Seconds a new runtime pod (kubernetes backend) may take to become Ready before its
+    /// start fails: scheduling, image, interpreter start and, for go, the build of its code.
+    #[arg(long, env = "KUBEFAAS_POD_START_TIMEOUT_SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pod_start_timeout_seconds: u64,
     /// Seconds in-flight invocations may take to finish after SIGTERM.
     #[arg(long, env = "KUBEFAAS_GRACE_SECONDS", default_value_t = 30)]
     grace_seconds: u64,
@@ -82,6 +87,7 @@ async fn main() -> ExitCode {
     });
     let mut kubernetes = KubernetesConfig::new(&name);
     kubernetes.image_prefix = flags.image_prefix;
+    kubernetes.start_timeout = Duration::from_secs(flags.pod_start_timeout_seconds);
     let mut worker = WorkerConfig::new(name);
     worker.max_in_flight = flags.max_in_flight.max(1);
     worker.lease = Duration::from_secs(flags.lease_seconds.max(1));

@@ -24,7 +24,7 @@ use tokio::{
 use uuid::Uuid;
 
 /// Bound on any wait, so a broken pipeline fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(180);
+const PATIENCE: Duration = Duration::from_secs(360);
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -151,6 +151,10 @@ impl Platform {
                 "3",
                 "--backend",
                 if self.node_dir.is_some() { "kubernetes" } else { "local" },
+                // Two go pods may build their code at once, each compiling the standard library
+                // with a cold cache, on a two-core machine busy with other tests.
+                "--pod-start-timeout-seconds",
+                "300",
             ],
         );
         self.executors.push(child);
