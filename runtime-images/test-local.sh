@@ -56,7 +56,9 @@ restricted=(--network host --read-only --read-only-tmpfs=false --cap-drop all --
 free_port() {
   local port
   for _ in $(seq 50); do
-    port=$((20000 + RANDOM % 20000))
+    # Below the kernel's ephemeral range (32768+ by default): a port held by the local end of
+    # an outgoing connection refuses a connect yet cannot be bound (seen: EADDRINUSE in CI).
+    port=$((10000 + RANDOM % 20000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
