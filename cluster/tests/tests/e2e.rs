@@ -12,13 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use common::{Cluster, Gateway, function, is_ready, repo};
+use common::{Cluster, Gateway, b64, function, is_ready, repo};
 use serde_json::{Value, json};
-
-fn b64(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
 
 /// A function that allocates until it is killed at its 64 MiB limit ends `Failed` with
 /// `OutOfMemory`: the kubelet's container is OOM-killed by the kernel, and the executor reads

@@ -7,13 +7,8 @@
 
 mod common;
 
-use base64::Engine as _;
-use common::{Cluster, Gateway};
+use common::{Cluster, Gateway, b64};
 use serde_json::json;
-
-fn b64(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_invocations_finish_when_executor_and_operator_pods_are_killed() {

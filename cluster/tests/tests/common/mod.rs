@@ -256,6 +256,12 @@ pub fn is_ready(pod: &Value) -> bool {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
+/// `text` in base64, as the REST API takes code.
+pub fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
 /// A Function manifest with inline code.
 pub fn function(name: &str, runtime: &str, handler: &str, code: &str, extra: &str) -> String {
     let code = code.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n");
