@@ -75,6 +75,11 @@ pub struct KubernetesConfig {
     pub reap_interval: Duration,
     /// This executor's name, as a label on its pods (a label value: 63 characters at most).
     pub executor: String,
+    /// The CPU a runtime pod requests, in percent of its function's CPU limit (1–100). At 100
+    /// (the default) the scheduler reserves the whole limit and the pod is in the Guaranteed
+    /// QoS class; lower packs more pods on a node, which then share idle CPU. Memory is always
+    /// requested in full: a node must never run out of what its pods were promised.
+    pub cpu_request_percent: u32,
 }
 
 impl KubernetesConfig {
@@ -86,8 +91,17 @@ impl KubernetesConfig {
             start_timeout: Duration::from_secs(120),
             reap_interval: Duration::from_secs(5),
             executor: label_value(&executor.into()),
+            cpu_request_percent: 100,
         }
     }
+}
+
+/// The CPU request for a limit of `limit_millis` at `percent` of it: rounded up, at least 1m, at
+/// most the limit.
+fn cpu_request_millis(limit_millis: u64, percent: u32) -> u64 {
+    let limit = limit_millis.max(1);
+    let percent = u64::from(percent.clamp(1, 100));
+    limit.saturating_mul(percent).div_ceil(100).clamp(1, limit)
 }
 
 /// A label value from any string: allowed characters only, 63 at most, alphanumeric ends.
@@ -819,6 +833,10 @@ pub fn runtime_pod(
         "memory": spec.limits.memory_bytes.to_string(),
         "cpu": format!("{}m", spec.limits.cpu_millis),
     });
+    let requests = json!({
+        "memory": spec.limits.memory_bytes.to_string(),
+        "cpu": format!("{}m", cpu_request_millis(spec.limits.cpu_millis, config.cpu_request_percent)),
+    });
     let base: String = name.chars().take(50).collect();
     let pod = json!({
         "apiVersion": "v1",
@@ -859,7 +877,7 @@ pub fn runtime_pod(
                 "ports": [{"name": "http", "containerPort": config.port, "protocol": "TCP"}],
                 "env": env,
                 "envFrom": env_from,
-                "resources": {"limits": limits, "requests": limits},
+                "resources": {"limits": limits, "requests": requests},
                 "readinessProbe": {
                     "httpGet": {"path": "/healthz", "port": config.port},
                     "periodSeconds": 2,
@@ -924,6 +942,22 @@ mod tests {
     }
 
     #[test]
+    fn runtime_pods_request_a_share_of_their_cpu_limit_and_all_their_memory() {
+        let (resource, resolved) = fixture();
+        let mut config = KubernetesConfig::new("executor-1");
+        config.cpu_request_percent = 25;
+        let runtime = runtime::lookup("python").unwrap();
+        let pod =
+            serde_json::to_value(runtime_pod(&config, &resource, &resolved, runtime)).unwrap();
+        let resources = &pod["spec"]["containers"][0]["resources"];
+        assert_eq!(resources["limits"]["cpu"], "100m");
+        assert_eq!(resources["requests"]["cpu"], "25m");
+        assert_eq!(resources["requests"]["memory"], resources["limits"]["memory"]);
+        assert_eq!((cpu_request_millis(1, 10), cpu_request_millis(333, 10)), (1, 34));
+        assert_eq!((cpu_request_millis(500, 0), cpu_request_millis(500, 250)), (5, 500));
+    }
+
+    #[test]
     fn runtime_pods_are_restricted_owned_and_mount_the_code() {
         let (resource, resolved) = fixture();
         let mut config = KubernetesConfig::new("executor-1");
@@ -943,6 +977,7 @@ mod tests {
         assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
         assert_eq!(container["resources"]["limits"]["memory"], (128u64 << 20).to_string());
         assert_eq!(container["resources"]["limits"]["cpu"], "100m");
+        assert_eq!(container["resources"]["requests"], container["resources"]["limits"]);
         assert_eq!(spec["volumes"][0]["configMap"]["name"], "hello-code");
         let owner = &pod["metadata"]["ownerReferences"][0];
         assert_eq!(

@@ -66,6 +66,11 @@ struct Flags {
     #[arg(long, env = "KUBEFAAS_POD_START_TIMEOUT_SECONDS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pod_start_timeout_seconds: u64,
+    /// CPU a runtime pod requests, in percent of its function's CPU limit. 100 reserves the
+    /// whole limit (Guaranteed QoS); less lets more pods share a node's idle CPU.
+    #[arg(long, env = "KUBEFAAS_RUNTIME_CPU_REQUEST_PERCENT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    runtime_cpu_request_percent: u32,
     /// Seconds in-flight invocations may take to finish after SIGTERM.
     #[arg(long, env = "KUBEFAAS_GRACE_SECONDS", default_value_t = 30)]
     grace_seconds: u64,
@@ -88,6 +93,7 @@ async fn main() -> ExitCode {
     let mut kubernetes = KubernetesConfig::new(&name);
     kubernetes.image_prefix = flags.image_prefix;
     kubernetes.start_timeout = Duration::from_secs(flags.pod_start_timeout_seconds);
+    kubernetes.cpu_request_percent = flags.runtime_cpu_request_percent;
     let mut worker = WorkerConfig::new(name);
     worker.max_in_flight = flags.max_in_flight.max(1);
     worker.lease = Duration::from_secs(flags.lease_seconds.max(1));
