@@ -29,6 +29,7 @@ mod last_invoked;
 pub mod metrics;
 pub mod names;
 mod status;
+mod trigger;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -37,9 +38,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
     Api, Client,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -246,7 +247,15 @@ pub async fn run_with_client(
     // Runtime pods (the executor's kubernetes backend) are owned by their Function: their coming
     // and going updates `warmInstances`.
     let runtime_pods = watcher::Config::default().labels(names::FUNCTION_LABEL);
-    let function_controller = Controller::new(functions, watcher::Config::default())
+    // Each controller's own watch, with triggers held back until its store has them (see
+    // `trigger`: kube-runtime's default trigger drops objects created while a watch expired).
+    let (function_store, writer) = reflector::store();
+    let function_events = watcher(functions, watcher::Config::default()).default_backoff();
+    let function_triggers = trigger::after_store(function_events.reflect(writer));
+    let (invocation_store, writer) = reflector::store();
+    let invocation_events = watcher(invocations, watcher::Config::default()).default_backoff();
+    let invocation_triggers = trigger::after_store(invocation_events.reflect(writer));
+    let function_controller = Controller::for_stream(function_triggers, function_store)
         .owns(config_maps, owned)
         .owns(pods, runtime_pods)
         .graceful_shutdown_on(shutdown.clone())
@@ -254,7 +263,7 @@ pub async fn run_with_client(
         .for_each(|result| async move { log_reconcile("Function", result) });
 
     let (one, all) = follow_completions(&completions, &ctx.store, last_invoked);
-    let invocation_controller = Controller::new(invocations, watcher::Config::default())
+    let invocation_controller = Controller::for_stream(invocation_triggers, invocation_store)
         .reconcile_on(one)
         .reconcile_all_on(all)
         .graceful_shutdown_on(shutdown.clone())
