@@ -22,11 +22,15 @@ run: ## Run the whole platform here (kubefaas up) with the example functions dep
 	$(CARGO) build -p kubefaas -p kubefaas-executor --bins
 	scripts/run.sh
 
+BENCH_SAMPLES ?= 1000
+
 .PHONY: bench
-bench: ## Measure the pipeline here: Function apply → Ready, Invocation apply → Succeeded
+bench: ## Measure here: the pipeline (apply → Ready/Succeeded), then the REST data plane beside a plain python echo server
 	@scripts/deps.sh
-	$(CARGO) build --release -p kubefaas -p kubefaas-executor --bins
+	$(CARGO) build --release -p kubefaas -p kubefaas-executor -p kubefaas-operator -p kubefaas-standalone --bins
+	$(CARGO) build --release -p kubefaas-api-gateway --bins --examples
 	scripts/bench-pipeline.sh
+	scripts/with-services.sh target/release/examples/gateway_latency $(BENCH_SAMPLES)
 
 .PHONY: build
 build: ## Build every crate

@@ -49,15 +49,51 @@ async fn main() {
         assert_eq!(reply.status, 200);
         ids.push(reply.header("x-kubefaas-invocation-id").unwrap().to_owned());
     }
-    latencies.sort();
-    let at =
-        |q: f64| ms(latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]);
+    let sync = Percentiles::of(latencies);
+    println!("warm sync invoke, sequential, {samples} samples: {sync}");
+
+    // The floor: a plain python HTTP echo server on this machine, no platform, through the same
+    // client (one connection per request, as above).
+    let (_floor_process, floor) = floor_server().await;
+    let body = payload.to_string();
+    let mut floor_latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        let reply = common::request(floor, "POST", "/", &[], Some(body.as_bytes())).await;
+        floor_latencies.push(start.elapsed());
+        assert_eq!(reply.status, 200);
+    }
+    let floor_sync = Percentiles::of(floor_latencies);
+    println!("floor (python echo server), sequential: {floor_sync}");
     println!(
-        "warm sync invoke, sequential, {samples} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        at(0.50),
-        at(0.90),
-        at(0.99),
-        ms(latencies[latencies.len() - 1])
+        "  ratio: p50 {:.1}x, p99 {:.1}x the floor (targets: p50 <= 1 ms, p99 <= 3 ms)",
+        sync.p50 / floor_sync.p50,
+        sync.p99 / floor_sync.p99
+    );
+
+    // Throughput at 8 connections, the gateway's sync path against the floor.
+    let p = std::sync::Arc::new(p);
+    let gateway_rate = {
+        let p = std::sync::Arc::clone(&p);
+        rate(samples, move || {
+            let p = std::sync::Arc::clone(&p);
+            async move {
+                assert_eq!(
+                    p.call("POST", "/functions/echo/invoke", Some(&json!({"n": 1}))).await.status,
+                    200
+                )
+            }
+        })
+        .await
+    };
+    let floor_rate = rate(samples, move || async move {
+        let reply = common::request(floor, "POST", "/", &[], Some(b"{\"n\": 1}")).await;
+        assert_eq!(reply.status, 200);
+    })
+    .await;
+    println!(
+        "sync throughput at 8 connections: {gateway_rate:.0}/s; floor {floor_rate:.0}/s; {:.0} % of the floor (target >= 50 %)",
+        100.0 * gateway_rate / floor_rate
     );
 
     // Where the time goes, from the rows' timestamps (medians over the samples).
@@ -84,7 +120,6 @@ async fn main() {
     // Asynchronous: submit from 8 clients at once, then wait until every one has succeeded.
     let jobs = samples;
     let start = Instant::now();
-    let p = std::sync::Arc::new(p);
     let mut clients = Vec::new();
     for client in 0..8 {
         let p = std::sync::Arc::clone(&p);
@@ -110,7 +145,7 @@ async fn main() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|i| i["source"] == "resource")
+            .filter(|i| i["source"] == "async")
             .count();
         if finished >= jobs || Instant::now() > deadline {
             break;
@@ -119,7 +154,7 @@ async fn main() {
     }
     let total = start.elapsed();
     println!(
-        "async: {jobs} invocations accepted in {:.2} s ({:.0}/s), all succeeded after {:.2} s ({:.1}/s end to end)",
+        "async: {jobs} invocations accepted in {:.2} s ({:.0}/s), all succeeded after {:.2} s ({:.1}/s end to end; target >= 3000/s)",
         submitted.as_secs_f64(),
         jobs as f64 / submitted.as_secs_f64(),
         total.as_secs_f64(),
@@ -130,4 +165,82 @@ async fn main() {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// p50, p90, p99 and max of a sample, in ms.
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut sample: Vec<Duration>) -> Self {
+        sample.sort();
+        let at = |q: f64| ms(sample[((sample.len() as f64 * q) as usize).min(sample.len() - 1)]);
+        Self { p50: at(0.50), p90: at(0.90), p99: at(0.99), max: ms(sample[sample.len() - 1]) }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.p50, self.p90, self.p99, self.max
+        )
+    }
+}
+
+/// Requests per second of `total` calls of `call` from 8 concurrent clients.
+async fn rate<F, Fut>(total: usize, call: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let call = call.clone();
+        clients.push(tokio::spawn(async move {
+            for _ in (client..total).step_by(8) {
+                call().await;
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A plain python HTTP echo server (the standard library's, one process, a thread per
+/// connection): the floor the gateway is measured against.
+async fn floor_server() -> (tokio::process::Child, std::net::SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    const SERVER: &str = "import http.server\n\
+class Echo(http.server.BaseHTTPRequestHandler):\n\
+\x20   def do_POST(self):\n\
+\x20       body = self.rfile.read(int(self.headers.get('Content-Length', 0)))\n\
+\x20       self.send_response(200)\n\
+\x20       self.send_header('Content-Type', 'application/json')\n\
+\x20       self.send_header('Content-Length', str(len(body)))\n\
+\x20       self.end_headers()\n\
+\x20       self.wfile.write(body)\n\
+\x20   def log_message(self, *args):\n\
+\x20       pass\n\
+server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Echo)\n\
+print(server.server_address[1], flush=True)\n\
+server.serve_forever()\n";
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", SERVER])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 =
+        lines.next_line().await.unwrap().expect("the floor server's port").parse().unwrap();
+    (child, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }

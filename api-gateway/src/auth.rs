@@ -117,6 +117,13 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl RateLimit {
+    /// 1,000 requests per second, bursts of 2,000: a guard against a runaway client, far above
+    /// what one person or a sequential benchmark sends (a warm synchronous call takes a few
+    /// milliseconds). Backpressure for real load is the queue's, not this.
+    pub const DEFAULT: Self = Self { per_second: 1000.0, burst: 2000 };
+}
+
 /// Token buckets, one per key.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {

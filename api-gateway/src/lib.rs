@@ -106,7 +106,7 @@ impl Config {
             default_namespace: "default".to_owned(),
             cors_origins: Vec::new(),
             max_body_bytes: 6 * 1024 * 1024,
-            rate_limit: Some(RateLimit { per_second: 50.0, burst: 100 }),
+            rate_limit: Some(RateLimit::DEFAULT),
             function_wait: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(60),
             limits: Limits::default(),

@@ -36,10 +36,10 @@ struct Flags {
     #[arg(long, env = "KUBEFAAS_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     max_body_bytes: usize,
     /// Requests per second per token (0 turns the rate limit off).
-    #[arg(long, env = "KUBEFAAS_RATE_LIMIT", default_value_t = 50.0)]
+    #[arg(long, env = "KUBEFAAS_RATE_LIMIT", default_value_t = RateLimit::DEFAULT.per_second)]
     rate_limit: f64,
     /// Burst of the per-token rate limit.
-    #[arg(long, env = "KUBEFAAS_RATE_BURST", default_value_t = 100)]
+    #[arg(long, env = "KUBEFAAS_RATE_BURST", default_value_t = RateLimit::DEFAULT.burst)]
     rate_burst: u32,
     /// Seconds function create/update/delete wait for the operator.
     #[arg(long, env = "KUBEFAAS_GATEWAY_FUNCTION_WAIT_SECONDS", default_value_t = 30)]

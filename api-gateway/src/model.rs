@@ -245,7 +245,8 @@ pub struct InvocationResponse {
     pub namespace: String,
     /// `pending`, `queued`, `running`, `succeeded`, `failed` or `timed_out`.
     pub status: String,
-    /// `sync` (`POST /functions/{name}/invoke`) or `resource` (`POST /invoke`, kubectl).
+    /// `sync` (`POST /functions/{name}/invoke`), `async` (`POST /invoke`) or `resource` (an
+    /// `Invocation` object, kubectl).
     pub source: String,
     /// The event.
     #[schema(value_type = Option<Object>)]

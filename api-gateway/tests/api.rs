@@ -19,6 +19,7 @@ use kube::{
 };
 use kubefaas_api_gateway::{AuthMode, Config, Gateway, RateLimit};
 use kubefaas_core::{
+    queue::{Queue, QueueConfig},
     resources::{Function, FunctionCode, FunctionSpec, Invocation, crds},
     store::{CodeSource, FunctionQuery, FunctionRecord, InvocationQuery, Store, StoreConfig},
 };
@@ -29,6 +30,7 @@ use uuid::Uuid;
 /// A gateway with its own API server, schema and queue prefix.
 struct Rig {
     addr: SocketAddr,
+    queue_prefix: String,
     client: Client,
     store: Store,
     _apiserver: ApiServer,
@@ -57,13 +59,14 @@ impl Rig {
         config.max_body_bytes = 64 * 1024;
         config.function_wait = Duration::from_secs(2);
         adjust(&mut config);
+        let queue_prefix = config.queue_prefix.clone();
         let gateway = Gateway::bind(client.clone(), config).await.unwrap();
         let addr = gateway.local_addr();
         let task = tokio::spawn(async move {
             gateway.serve(std::future::pending()).await.unwrap();
         });
         let store = Store::connect(&StoreConfig::new(database_url)).await.unwrap();
-        Self { addr, client, store, _apiserver: apiserver, _gateway: task }
+        Self { addr, queue_prefix, client, store, _apiserver: apiserver, _gateway: task }
     }
 
     /// A Function the (absent) operator would have made ready: object, status and row.
@@ -442,4 +445,44 @@ async fn a_sync_invoke_still_running_at_the_deadline_answers_504_with_its_id_and
     // The fast path made no Invocation object.
     let invocations: Api<Invocation> = Api::all(rig.client.clone());
     assert!(invocations.list(&ListParams::default()).await.unwrap().items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_invoke_is_a_queued_row_and_a_job_and_makes_no_invocation_object() {
+    let rig = Rig::start(|_| {}).await;
+    let function_id = rig.ready_function("later").await;
+    let body = json!({"function": "later", "payload": {"n": 7}, "headers": {"x-trace": "t1"},
+        "timeout": 10});
+    let accepted = json(rig.addr, "POST", "/invoke", &[], &body).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.json());
+    let id = accepted.json()["invocation_id"].as_str().unwrap().to_owned();
+
+    // The row is committed, queued, with what the run needs frozen into it.
+    let row = rig.store.invocation(Uuid::parse_str(&id).unwrap()).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "queued");
+    assert!(row.queued_at.is_some());
+    assert_eq!((row.function_id, row.source.as_str()), (function_id, "async"));
+    assert_eq!((row.timeout_seconds, row.max_attempts), (10, 3));
+    assert_eq!(row.payload, Some(json!({"n": 7})));
+    assert_eq!(row.headers["x-trace"], "t1");
+    let read = request(rig.addr, "GET", &format!("/invocations/{id}"), &[], None).await.json();
+    assert_eq!((read["status"].as_str(), read["source"].as_str()), (Some("queued"), Some("async")));
+
+    // The job is on the queue, once.
+    let redis = redis::Client::open(env("REDIS_URL")).unwrap();
+    let config = QueueConfig { prefix: rig.queue_prefix.clone(), ..QueueConfig::default() };
+    let queue = Queue::connect(redis, &config).await.unwrap();
+    assert_eq!(queue.stats().await.unwrap().stream_length, 1);
+
+    // No Kubernetes object per call.
+    let invocations: Api<Invocation> = Api::all(rig.client.clone());
+    assert!(invocations.list(&ListParams::default()).await.unwrap().items.is_empty());
+
+    // A timeout above the function's is refused by field, and nothing is recorded for it.
+    let too_long = json!({"function": "later", "timeout": 31});
+    let refused =
+        json(rig.addr, "POST", "/invoke", &[], &too_long).await.error(400, "invalid_request");
+    assert!(refused.to_string().contains("\"timeout\""), "the field is named: {refused}");
+    let rows = rig.store.list_invocations(&InvocationQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 1);
 }

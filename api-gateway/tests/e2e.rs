@@ -100,7 +100,7 @@ async fn functions_in_every_runtime_are_managed_and_invoked_through_the_rest_api
     let done = p.finished(&id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"], json!({"message": "Hello, async!"}));
-    assert_eq!(done["source"], "resource");
+    assert_eq!(done["source"], "async");
     assert!(done["metrics"]["duration_ms"].is_number(), "{done}");
     let logs = p.expect(200, "GET", &format!("/invocations/{id}/logs"), None).await;
     assert!(logs["logs"].as_str().unwrap().contains("greeting async"), "{logs}");

@@ -67,6 +67,15 @@ pub(crate) struct UpArgs {
     /// Prefix of every Redis key.
     #[arg(long, env = "KUBEFAAS_QUEUE_PREFIX", default_value = "kubefaas")]
     queue_prefix: String,
+    /// Requests per second the gateway allows per token (one shared bucket with `--auth
+    /// none`); 0 turns the limit off.
+    #[arg(long, env = "KUBEFAAS_RATE_LIMIT",
+          default_value_t = kubefaas_api_gateway::RateLimit::DEFAULT.per_second)]
+    rate_limit: f64,
+    /// Burst of that rate limit.
+    #[arg(long, env = "KUBEFAAS_RATE_BURST",
+          default_value_t = kubefaas_api_gateway::RateLimit::DEFAULT.burst)]
+    rate_burst: u32,
 }
 
 /// Runs the platform until a shutdown signal.
@@ -163,6 +172,11 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
         kubefaas_api_gateway::Config::new(args.database_url.clone(), args.redis_url.clone());
     gateway_config.queue_prefix = args.queue_prefix.clone();
     gateway_config.addr = args.gateway_addr;
+    gateway_config.rate_limit =
+        (args.rate_limit > 0.0).then_some(kubefaas_api_gateway::RateLimit {
+            per_second: args.rate_limit,
+            burst: args.rate_burst.max(1),
+        });
     gateway_config.auth = match args.auth {
         Auth::None => kubefaas_api_gateway::AuthMode::None,
         Auth::Token => kubefaas_api_gateway::AuthMode::Token,

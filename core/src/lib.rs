@@ -9,6 +9,8 @@
 //! - [`schema`]: structural-schema rules and validation of objects against a CRD schema.
 //! - [`runtime`]: the runtime catalogue.
 //! - [`service`]: shutdown signals and readiness checks shared by the service binaries.
+//! - [`submit`]: the one way an invocation enters the data plane (row committed, job queued),
+//!   used by every producer.
 //! - [`store`]: the PostgreSQL store of functions and invocations, and the invocation lifecycle.
 //! - [`tokens`]: the gateway's API tokens, stored as SHA-256 hashes.
 //! - [`queue`]: the Redis Streams invocation queue: claims, retries with backoff, reclaim of
@@ -33,6 +35,7 @@ pub mod runtime;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod submit;
 pub mod tokens;
 pub mod validation;
 pub mod watch;

@@ -26,7 +26,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::resources::{InvocationError, InvocationMetrics, InvocationPhase};
+use crate::resources::{InvocationError, InvocationMetrics, InvocationPhase, RetryPolicy};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -570,10 +570,13 @@ impl From<Status> for InvocationPhase {
 /// How an invocation was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
-    /// Through an `Invocation` resource (kubectl, or the gateway's asynchronous invoke).
+    /// Through an `Invocation` resource (kubectl, or the gateway's asynchronous invoke before
+    /// it stopped making one).
     Resource,
     /// The gateway's synchronous path, which creates no resource.
     Sync,
+    /// The gateway's asynchronous `POST /invoke`, which creates no resource either.
+    Async,
 }
 
 impl Source {
@@ -582,6 +585,7 @@ impl Source {
         match self {
             Self::Resource => "resource",
             Self::Sync => "sync",
+            Self::Async => "async",
         }
     }
 }
@@ -593,6 +597,7 @@ impl TryFrom<String> for Source {
         match value.as_str() {
             "resource" => Ok(Self::Resource),
             "sync" => Ok(Self::Sync),
+            "async" => Ok(Self::Async),
             _ => Err(StoreError::Corrupt { what: "invocation source", value }),
         }
     }
@@ -622,6 +627,10 @@ pub struct NewInvocation {
     pub timeout_seconds: i32,
     /// Attempts before the invocation fails for good (at least 1).
     pub max_attempts: i32,
+    /// Delay before the first retry in seconds, doubling for each further one.
+    pub backoff_seconds: i32,
+    /// Whether the function's own failures are retried too (platform failures always are).
+    pub retry_on_function_error: bool,
 }
 
 /// A claimed invocation and how its function runs now.
@@ -692,6 +701,10 @@ pub struct InvocationRow {
     pub attempts: i32,
     /// Attempts before the invocation fails for good.
     pub max_attempts: i32,
+    /// Delay before the first retry in seconds, doubling for each further one.
+    pub backoff_seconds: i32,
+    /// Whether the function's own failures are retried too (platform failures always are).
+    pub retry_on_function_error: bool,
     /// Executor holding the lease while running.
     pub lease_owner: Option<String>,
     /// When the lease runs out unless renewed.
@@ -706,6 +719,17 @@ pub struct InvocationRow {
     pub completed_at: Option<DateTime<Utc>>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl InvocationRow {
+    /// The retry policy frozen into the row when it was submitted: the one that applies.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            backoff_seconds: self.backoff_seconds,
+            on_function_error: self.retry_on_function_error,
+        }
+    }
 }
 
 /// What [`Store::create_invocation`] found.
@@ -824,6 +848,18 @@ impl Store {
     /// it is returned unchanged as [`Created::Existing`] — unless it belongs to another function,
     /// which is a conflict.
     pub async fn create_invocation(&self, new: &NewInvocation) -> Result<Created> {
+        self.insert_invocation(new, Status::Pending).await
+    }
+
+    /// Records a new invocation straight in `queued`, due now: one statement, one commit. The
+    /// caller then puts it on the queue; should that fail, or the caller die first, the sweeper
+    /// ([`Store::stuck_queued`]) queues it again. Idempotent on the id, as
+    /// [`Store::create_invocation`].
+    pub async fn create_queued_invocation(&self, new: &NewInvocation) -> Result<Created> {
+        self.insert_invocation(new, Status::Queued).await
+    }
+
+    async fn insert_invocation(&self, new: &NewInvocation, status: Status) -> Result<Created> {
         const OP: &str = "create invocation";
         if new.max_attempts < 1 {
             return Err(StoreError::InvalidTransition(format!(
@@ -833,8 +869,10 @@ impl Store {
         }
         let inserted: Option<InvocationRow> = sqlx::query_as(
             "INSERT INTO invocations (id, function_id, namespace, function_name, resource_name, \
-                 source, payload, headers, timeout_seconds, max_attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 source, payload, headers, timeout_seconds, max_attempts, backoff_seconds, \
+                 retry_on_function_error, status, queued_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 CASE WHEN $13 = 'queued' THEN now() END) \
              ON CONFLICT (id) DO NOTHING \
              RETURNING *",
         )
@@ -848,6 +886,9 @@ impl Store {
         .bind(Json(&new.headers))
         .bind(new.timeout_seconds)
         .bind(new.max_attempts)
+        .bind(new.backoff_seconds.max(0))
+        .bind(new.retry_on_function_error)
+        .bind(status.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(|source| {
@@ -1109,19 +1150,22 @@ impl Store {
 
     /// The sweeper's query: up to `limit` invocations that have been due in `queued` for longer
     /// than `older_than` without being claimed (their message was lost, say with a Redis that lost
-    /// data). Their due time is reset to now, so concurrent sweepers (which skip rows locked by
-    /// each other) and the next sweep do not pick them again at once; re-enqueue each one.
+    /// data), or left in `pending` that long (recorded by a producer that died before queueing
+    /// it). They become `queued` with their due time reset to now, so concurrent sweepers (which
+    /// skip rows locked by each other) and the next sweep do not pick them again at once;
+    /// re-enqueue each one.
     pub async fn stuck_queued(
         &self,
         older_than: Duration,
         limit: i64,
     ) -> Result<Vec<InvocationRow>> {
         sqlx::query_as(
-            "UPDATE invocations SET queued_at = now(), updated_at = now() \
-             WHERE status = 'queued' AND id IN ( \
+            "UPDATE invocations SET status = 'queued', queued_at = now(), updated_at = now() \
+             WHERE status IN ('pending', 'queued') AND id IN ( \
                  SELECT id FROM invocations \
-                 WHERE status = 'queued' AND queued_at < now() - make_interval(secs => $1) \
-                 ORDER BY queued_at \
+                 WHERE (status = 'queued' AND queued_at < now() - make_interval(secs => $1)) \
+                    OR (status = 'pending' AND created_at < now() - make_interval(secs => $1)) \
+                 ORDER BY COALESCE(queued_at, created_at) \
                  LIMIT $2 \
                  FOR UPDATE SKIP LOCKED) \
              RETURNING *",

@@ -90,6 +90,8 @@ fn invocation(function_id: Uuid) -> NewInvocation {
         headers: BTreeMap::from([("x-trace".to_owned(), "abc".to_owned())]),
         timeout_seconds: 30,
         max_attempts: 3,
+        backoff_seconds: 1,
+        retry_on_function_error: false,
     }
 }
 
@@ -626,6 +628,49 @@ async fn the_sweeper_finds_invocations_stuck_in_queued_once_per_sweep() {
     assert!(db.store.stuck_queued(Duration::from_secs(60), 10).await.unwrap().is_empty());
     let row = db.store.invocation(stuck).await.unwrap().unwrap();
     assert_eq!(row.status, Status::Queued);
+}
+
+#[tokio::test]
+async fn a_submitted_invocation_is_recorded_queued_and_due_in_one_step_and_only_once() {
+    let db = TestDb::new().await;
+    let (function, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    let mut new = invocation(function.record.id);
+    new.source = Source::Async;
+    let row = match db.store.create_queued_invocation(&new).await.unwrap() {
+        Created::New(row) => row,
+        other => panic!("expected a new row, got {other:?}"),
+    };
+    assert_eq!((row.status, row.source), (Status::Queued, Source::Async));
+    assert!(row.queued_at.is_some(), "due now, so the sweeper can see it");
+    assert_eq!(row.attempts, 0);
+    // Submitting the same id again finds the row and changes nothing.
+    assert_eq!(db.store.create_queued_invocation(&new).await.unwrap(), Created::Existing(row));
+    assert!(!db.store.mark_queued(new.id).await.unwrap(), "already queued");
+}
+
+#[tokio::test]
+async fn the_sweeper_queues_invocations_left_pending_by_a_producer_that_died() {
+    let db = TestDb::new().await;
+    let abandoned = pending_invocation(&db).await;
+    let recent = pending_invocation(&db).await;
+    db.exec(
+        "UPDATE invocations SET created_at = now() - interval '10 minutes' WHERE id = $1",
+        abandoned,
+    )
+    .await;
+    let found: Vec<Uuid> = db
+        .store
+        .stuck_queued(Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    assert_eq!(found, [abandoned], "only the one left pending for longer than a minute");
+    let row = db.store.invocation(abandoned).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Queued);
+    assert_eq!(db.store.invocation(recent).await.unwrap().unwrap().status, Status::Pending);
+    assert!(db.store.stuck_queued(Duration::from_secs(60), 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -330,6 +330,5 @@ pub fn resolved_function(
             ),
         },
         max_concurrency: non_negative(spec.max_concurrency).max(1),
-        retry: spec.retry.clone(),
     })
 }

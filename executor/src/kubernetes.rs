@@ -936,7 +936,6 @@ mod tests {
             env_from_error: None,
             scaling: Scaling::default(),
             max_concurrency: 1,
-            retry: Default::default(),
         };
         (resource, resolved)
     }

@@ -46,6 +46,9 @@ use crate::{
     error::{error_types, platform_error},
 };
 
+/// How long a job waits in the delayed set when PostgreSQL cannot be reached to claim it.
+const STORE_UNAVAILABLE_DELAY: Duration = Duration::from_secs(2);
+
 /// Where the worker runs invocations: the local [`Pool`] (sandboxed processes on this
 /// machine) or [`crate::kubernetes::KubernetesBackend`] (runtime pods).
 pub trait Backend: Send + Sync + 'static {
@@ -173,10 +176,9 @@ pub struct ResolvedFunction {
     pub env_from_error: Option<String>,
     /// Warm instances and their bounds.
     pub scaling: Scaling,
-    /// Most invocations of the function running at once on this executor.
+    /// Most invocations of the function running at once on this executor. (How failures are
+    /// retried is not here: the policy is frozen into each invocation's row when submitted.)
     pub max_concurrency: usize,
-    /// When failures are tried again.
-    pub retry: RetryPolicy,
 }
 
 /// What PostgreSQL says of the function an invocation was claimed for.
@@ -379,11 +381,19 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
     /// Handles one delivery from claim to acknowledgement.
     pub async fn process(&self, delivery: Delivery) -> Result<Handled, WorkerError> {
         let job = delivery.job.clone();
-        let (lease, row, function_state) = match self
-            .store
-            .claim(job.invocation_id, &self.config.name, self.config.lease)
-            .await?
-        {
+        let claimed = self.store.claim(job.invocation_id, &self.config.name, self.config.lease);
+        let claimed = match claimed.await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                // PostgreSQL is unreachable: nothing was claimed. Park the job in the delayed set
+                // instead of leaving it unacknowledged, where every redelivery would count
+                // towards the dead-letter bound although it never ran.
+                tracing::warn!(invocation = %job.invocation_id, %error, "cannot claim; trying again later");
+                self.queue.retry_later(&delivery, STORE_UNAVAILABLE_DELAY).await?;
+                return Ok(self.observe(&job, Handled::Deferred, None));
+            }
+        };
+        let (lease, row, function_state) = match claimed {
             Claim::Acquired { lease, invocation, function } => (lease, invocation, function),
             Claim::NotQueued => {
                 // Enqueued before the row was released (should not happen); look again later.
@@ -416,12 +426,23 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                     .await;
             }
             Err(error) => {
-                // The platform's fault: try again later without spending one of the function's
-                // attempts on it... the claim already counted one, so give it back as a retry.
+                // The platform's fault, and the claim counted an attempt: retried like any
+                // platform failure, up to the row's maxAttempts, then failed.
                 tracing::warn!(invocation = %job.invocation_id, error = %error, "cannot resolve function");
-                let delay = Duration::from_secs(5);
                 let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
-                return self.retry(&delivery, &lease, &row, failure, delay).await;
+                return match decide_retry(
+                    &failure,
+                    lease.attempt,
+                    row.max_attempts,
+                    &row.retry_policy(),
+                    self.config.max_backoff,
+                ) {
+                    Some(delay) => self.retry(&delivery, &lease, &row, failure, delay).await,
+                    None => {
+                        let outcome = Outcome::failed(Status::Failed, failure);
+                        self.commit(&delivery, &lease, outcome, None).await
+                    }
+                };
             }
         };
 
@@ -445,7 +466,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                     &failure,
                     lease.attempt,
                     row.max_attempts,
-                    &function.retry,
+                    &row.retry_policy(),
                     self.config.max_backoff,
                 ) {
                     Some(delay) => self.retry(&delivery, &lease, &row, failure, delay).await,
@@ -468,7 +489,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                 &error,
                 lease.attempt,
                 row.max_attempts,
-                &function.retry,
+                &row.retry_policy(),
                 self.config.max_backoff,
             )
         {
@@ -620,20 +641,35 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         Ok(())
     }
 
-    /// One sweep of PostgreSQL: re-enqueue rows stuck in `queued` and rows whose lease expired.
-    /// Duplicate messages are harmless: the claim decides.
+    /// One sweep of PostgreSQL: re-enqueue rows stuck in `pending` or `queued` and rows whose
+    /// lease expired, in batches until none is left (a Redis that lost its data can leave
+    /// thousands). Duplicate messages are harmless: the claim decides.
     pub async fn sweep(&self) -> Result<usize, WorkerError> {
-        let mut rows = self.store.stuck_queued(self.config.stuck_after, 100).await?;
-        rows.extend(self.store.expired_leases(self.config.lease, 100).await?);
-        for row in &rows {
-            let mut job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
-            job.attempt = u32::try_from(row.attempts).unwrap_or(0) + 1;
-            self.queue.enqueue(&job).await?;
+        const BATCH: i64 = 500;
+        let mut total = 0;
+        loop {
+            let stuck = self.store.stuck_queued(self.config.stuck_after, BATCH).await?;
+            let full = stuck.len() >= usize::try_from(BATCH).unwrap_or(usize::MAX);
+            let mut rows = stuck;
+            // Expired leases are re-enqueued, not moved: they stay `running` until a claim
+            // takes them over, so they are only looked at once per sweep.
+            if total == 0 {
+                rows.extend(self.store.expired_leases(self.config.lease, BATCH).await?);
+            }
+            for row in &rows {
+                let mut job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
+                job.attempt = u32::try_from(row.attempts).unwrap_or(0) + 1;
+                self.queue.enqueue(&job).await?;
+            }
+            total += rows.len();
+            if !full {
+                break;
+            }
         }
-        if !rows.is_empty() {
-            tracing::info!(count = rows.len(), "re-enqueued stuck invocations");
+        if total > 0 {
+            tracing::info!(count = total, "re-enqueued stuck invocations");
         }
-        Ok(rows.len())
+        Ok(total)
     }
 }
 

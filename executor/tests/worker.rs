@@ -15,7 +15,6 @@ use std::{
 
 use kubefaas_core::{
     queue::{Completions, Job, Queue, QueueConfig, Waited},
-    resources::RetryPolicy,
     store::{FunctionRecord, InvocationRow, Status, Store},
 };
 use kubefaas_executor::{
@@ -83,7 +82,6 @@ impl Harness {
             env_from_error: None,
             scaling: Scaling::default(),
             max_concurrency: 4,
-            retry: RetryPolicy { max_attempts: 3, backoff_seconds: 1, on_function_error: false },
         };
         self.functions.0.lock().unwrap().insert(name.into(), Arc::new(resolved));
         row.record.id
@@ -211,6 +209,36 @@ async fn a_raising_function_fails_once_with_its_error_type_and_stack() {
     assert!(error.message.contains("no good"), "{}", error.message);
     assert!(error.stack.unwrap_or_default().contains("main.py"));
     assert_eq!(row.attempts, 1, "function errors are not retried by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_policy_frozen_into_the_row_is_the_one_that_applies() {
+    let h = Harness::new().await;
+    let function = h.function("raiser", RAISER, 30).await;
+    // Submitted when the function asked for retries of its own errors, two attempts, no delay;
+    // whatever the function says now, this row is retried as it was accepted.
+    let new = kubefaas_core::store::NewInvocation {
+        id: Uuid::new_v4(),
+        function_id: function,
+        namespace: "default".into(),
+        function_name: "raiser".into(),
+        resource_name: None,
+        source: kubefaas_core::store::Source::Async,
+        payload: Some(json!({"n": 1})),
+        headers: Default::default(),
+        timeout_seconds: 30,
+        max_attempts: 2,
+        backoff_seconds: 0,
+        retry_on_function_error: true,
+    };
+    let id = h.store.create_queued_invocation(&new).await.unwrap().into_row().id;
+    h.queue.enqueue(&Job::new(id, function, "default", "raiser")).await.unwrap();
+    let _worker = h.start(h.worker_config("exec-a"));
+
+    let row = h.finished(id).await;
+    assert_eq!(row.status, Status::Failed);
+    assert_eq!(row.error.unwrap().type_, "ValueError");
+    assert_eq!(row.attempts, 2, "retried once, then stopped at the row's max_attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 //! The invocation controller.
 //!
-//! An Invocation goes: wait (bounded) for its function to be ready → record the row in
-//! PostgreSQL (idempotent: the row's id is the object's uid) → `pending → queued` and enqueue →
-//! mirror the row into the status. The executor publishes each completion; the operator follows
+//! An Invocation goes: wait (bounded) for its function to be invocable → submit it
+//! ([`submit::submit`], the path every producer takes: the row is committed as `queued`,
+//! idempotent on the object's uid, and the job is put on the queue) → mirror the row into the
+//! status. The executor publishes each completion; the operator follows
 //! those notices and reconciles the invocation at once, so the outcome shows up promptly without
 //! polling. A periodic requeue is only the safety net for a missed notice.
 
@@ -14,11 +15,9 @@ use kube::{
     runtime::{controller::Action, events::EventType},
 };
 use kubefaas_core::{
-    queue::Job,
-    resources::{
-        Function, FunctionPhase, Invocation, InvocationError, InvocationPhase, InvocationStatus,
-    },
-    store::{Created, InvocationRow, NewInvocation, Source, Status},
+    resources::{Function, Invocation, InvocationError, InvocationPhase, InvocationStatus},
+    store::{InvocationRow, Source, Status},
+    submit::{self, Submission, SubmitError},
     validation,
 };
 use uuid::Uuid;
@@ -95,59 +94,47 @@ async fn start(
         .get_opt(function_name)
         .await
         .map_err(Error::kube("get Function", format!("{namespace}/{function_name}")))?;
-    let ready = function.as_ref().and_then(|f| ready_function_id(f).map(|id| (f, id)));
-    let Some((function, function_id)) = ready else {
-        let (why, message) = match &function {
-            None => {
-                (reason::FUNCTION_NOT_FOUND, format!("function {function_name:?} does not exist"))
-            }
-            Some(f) => (
-                reason::FUNCTION_NOT_READY,
-                format!(
-                    "function {function_name:?} is not ready{}",
-                    f.status
-                        .as_ref()
-                        .and_then(|s| s.message.as_ref())
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ),
-            ),
-        };
+    let Some(function) = function else {
+        let message = format!("function {function_name:?} does not exist");
+        let why = reason::FUNCTION_NOT_FOUND;
         return wait_for_function(invocation, namespace, &current, why, &message, ctx).await;
     };
-    if let Err(errors) =
-        validation::validate_invocation_for_function(&invocation.spec, &function.spec)
-    {
-        return invalid(invocation, namespace, &current, &errors, ctx).await;
-    }
-
-    let new = NewInvocation {
+    let submission = Submission {
         id,
-        function_id,
-        namespace: namespace.to_owned(),
-        function_name: function_name.clone(),
-        resource_name: Some(name.clone()),
         source: Source::Resource,
+        resource_name: Some(name.clone()),
         payload: invocation.spec.payload.clone(),
         headers: invocation.spec.headers.clone(),
-        timeout_seconds: invocation.spec.timeout_seconds.unwrap_or(function.spec.timeout_seconds),
-        max_attempts: function.spec.retry.max_attempts.max(1),
+        timeout_seconds: invocation.spec.timeout_seconds,
     };
-    let row = match ctx.store.create_invocation(&new).await? {
-        Created::New(row) | Created::Existing(row) => row,
+    let submitted = submit::submit(&ctx.store, &ctx.queue, &ctx.limits, &function, submission);
+    let row = match submitted.await {
+        Ok(submitted) => {
+            if submitted.new {
+                let message = "queued for execution";
+                publish(ctx, invocation, EventType::Normal, reason::QUEUED, message).await;
+            }
+            submitted.row
+        }
+        Err(SubmitError::NotReady { name, why }) => {
+            let message = format!("function {name:?} is not ready: {why}");
+            let why = reason::FUNCTION_NOT_READY;
+            return wait_for_function(invocation, namespace, &current, why, &message, ctx).await;
+        }
+        Err(SubmitError::Deleted(name)) => {
+            let message = format!("function {name:?} was deleted");
+            let why = reason::FUNCTION_NOT_FOUND;
+            return wait_for_function(invocation, namespace, &current, why, &message, ctx).await;
+        }
+        Err(SubmitError::Invalid(errors)) => {
+            return invalid(invocation, namespace, &current, &errors, ctx).await;
+        }
+        Err(SubmitError::Store(error)) => return Err(error.into()),
     };
     follow(invocation, namespace, row, ctx).await
 }
 
-/// The id of a function's row when the function is ready for its current spec.
-fn ready_function_id(function: &Function) -> Option<Uuid> {
-    let status = function.status.as_ref()?;
-    let current = status.phase == Some(FunctionPhase::Ready)
-        && status.observed_generation == function.metadata.generation;
-    current.then(|| status.function_id.as_deref().and_then(|id| Uuid::parse_str(id).ok())).flatten()
-}
-
-/// The row exists: release it to the queue if still pending, and mirror it into the status.
+/// The row exists: mirror it into the status (releasing a row an earlier version left pending).
 async fn follow(
     invocation: &Invocation,
     namespace: &str,
@@ -156,13 +143,9 @@ async fn follow(
 ) -> Result<Action, Error> {
     let mut row = row;
     if row.status == Status::Pending {
-        // Only the replica that makes the move enqueues. If it dies before enqueueing, the
-        // executor's sweeper finds the row stuck in `queued` and enqueues it.
-        if ctx.store.mark_queued(row.id).await? {
-            let job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
-            ctx.queue.enqueue(&job).await?;
-            publish(ctx, invocation, EventType::Normal, reason::QUEUED, "queued for execution")
-                .await;
+        // Left by an earlier version of the operator: recorded, never queued.
+        if let Err(error) = submit::release(&ctx.store, &ctx.queue, &row).await? {
+            return Err(error.into());
         }
         row = ctx.store.invocation(row.id).await?.unwrap_or(row);
     }
@@ -391,6 +374,8 @@ mod tests {
             timeout_seconds: 30,
             attempts: 1,
             max_attempts: 3,
+            backoff_seconds: 1,
+            retry_on_function_error: false,
             lease_owner: None,
             lease_expires_at: None,
             queued_at: Some(at),
@@ -442,26 +427,5 @@ mod tests {
         let status = status_from_row(&running, &queued, Some(1));
         assert_eq!(status.queued_at, queued.queued_at);
         assert_eq!(status.conditions[0].status, "False");
-    }
-
-    #[test]
-    fn only_a_function_ready_for_its_current_generation_is_usable() {
-        use kubefaas_core::resources::{FunctionCode, FunctionSpec, FunctionStatus};
-        let mut function = Function::new(
-            "hello",
-            FunctionSpec::new("python", "main.handler", FunctionCode::inline("x")),
-        );
-        function.metadata.generation = Some(2);
-        assert_eq!(ready_function_id(&function), None);
-        let id = Uuid::new_v4();
-        function.status = Some(FunctionStatus {
-            phase: Some(FunctionPhase::Ready),
-            observed_generation: Some(1),
-            function_id: Some(id.to_string()),
-            ..FunctionStatus::default()
-        });
-        assert_eq!(ready_function_id(&function), None, "ready for an older spec");
-        function.status.as_mut().unwrap().observed_generation = Some(2);
-        assert_eq!(ready_function_id(&function), Some(id));
     }
 }

@@ -1,5 +1,6 @@
-//! Invocations: the synchronous fast path, asynchronous invokes through `Invocation`
-//! resources, and reads of results and logs from PostgreSQL.
+//! Invocations: the synchronous fast path, asynchronous invokes, and reads of results and logs
+//! from PostgreSQL. Both invokes go through [`submit`], straight onto the data plane: no
+//! Kubernetes API call is on their path (the function comes from the watch-backed cache).
 
 use std::collections::BTreeMap;
 
@@ -9,12 +10,10 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use kube::{Api, ResourceExt};
 use kubefaas_core::{
-    queue::{Job, Waited},
-    resources::{Invocation, InvocationSpec},
-    store::{InvocationQuery, InvocationRow, NewInvocation, Source, Status, StoreError},
-    validation,
+    queue::Waited,
+    store::{InvocationQuery, InvocationRow, Source, Status, StoreError},
+    submit::{self, Submission, SubmitError},
 };
 use uuid::Uuid;
 
@@ -26,10 +25,7 @@ use crate::{
         InvocationFilter, InvocationList, InvocationResponse, InvokeAccepted, InvokeRequest,
         LogsResponse,
     },
-    routes::{
-        functions::{find, invalid, kube_error, page},
-        post_params,
-    },
+    routes::functions::{find, invalid, page},
 };
 
 /// Runs a function and answers with its result.
@@ -79,32 +75,12 @@ pub(crate) async fn invoke_sync(
             )
         })?)
     };
-    let function = state.functions.get(&namespace, &name).ok_or_else(|| {
-        ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
-    })?;
-    let function_id = function.invocable().map_err(|why| not_ready(&name, &why))?;
-    let id = Uuid::new_v4();
-    let new = NewInvocation {
-        id,
-        function_id,
-        namespace: namespace.clone(),
-        function_name: name.clone(),
-        resource_name: None,
-        source: Source::Sync,
-        payload,
-        headers,
-        timeout_seconds: function.spec.timeout_seconds,
-        max_attempts: function.spec.retry.max_attempts.max(1),
-    };
-    state.store.create_invocation(&new).await.map_err(|e| match e {
-        StoreError::UnknownFunction(_) => {
-            ApiError::not_found(format!("function {name:?} was deleted"))
-        }
-        other => other.into(),
-    })?;
-    state.store.mark_queued(id).await?;
-    // The row is queued: if enqueueing fails, the executor's sweeper enqueues it later.
-    if let Err(error) = state.queue.enqueue(&Job::new(id, function_id, &namespace, &name)).await {
+    let mut submission = Submission::new(Source::Sync, payload);
+    submission.headers = headers;
+    let submitted = submit_to(&state, &namespace, &name, submission).await?;
+    let id = submitted.row.id;
+    // The row is queued: the sweeper queues it again later, but this caller would wait for that.
+    if let Some(error) = submitted.enqueue_error {
         return Err(ApiError::unavailable("Redis", &error).with_invocation(id));
     }
     let store = state.store.clone();
@@ -219,13 +195,19 @@ fn payload_too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Runs a function asynchronously through an `Invocation` resource.
+/// Runs a function asynchronously.
+///
+/// Answers 202 once the invocation is recorded in PostgreSQL and on the queue; it then runs to a
+/// final state whatever process dies. No Kubernetes object is made for it: read it with
+/// `GET /invocations/{invocation_id}` (`kubectl get invocations` lists only the `Invocation`
+/// objects people create themselves).
 #[utoipa::path(post, path = "/invoke", tag = "invocations", request_body = InvokeRequest,
     params(crate::model::NamespaceQuery),
     responses(
         (status = 202, description = "Accepted; poll GET /invocations/{invocation_id}", body = InvokeAccepted),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "The function is not ready", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 pub(crate) async fn invoke_async(
@@ -238,51 +220,42 @@ pub(crate) async fn invoke_async(
         (None, Some(name)) if !name.is_empty() => name.clone(),
         _ => return Err(ApiError::field("function", "give function or function_id")),
     };
-    let mut spec = InvocationSpec::new(&name, serde_json::Value::Null);
-    spec.payload = body.payload;
-    spec.headers = body.headers;
-    spec.timeout_seconds = body.timeout;
-    validation::validate_invocation("invocation", &spec, &state.settings.limits)
-        .map_err(|e| invalid(&e))?;
-    let function = state.functions.get(&namespace, &name).ok_or_else(|| {
+    let mut submission = Submission::new(Source::Async, body.payload);
+    submission.headers = body.headers;
+    submission.timeout_seconds = body.timeout;
+    // A job that did not reach Redis is queued again by the sweeper: the row is what counts.
+    let submitted = submit_to(&state, &namespace, &name, submission).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(InvokeAccepted { invocation_id: submitted.row.id, status: "pending".into() }),
+    ))
+}
+
+/// Submits an invocation of the live function `namespace/name`, taken from the watch-backed
+/// cache.
+async fn submit_to(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+    submission: Submission,
+) -> ApiResult<submit::Submitted> {
+    let function = state.functions.get(namespace, name).ok_or_else(|| {
         ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
     })?;
-    validation::validate_invocation_for_function(&spec, &function.spec).map_err(|e| invalid(&e))?;
-
-    let mut object = Invocation::new("", spec);
-    object.metadata.name = None;
-    // Object names are at most 253 characters; function names at most 63.
-    object.metadata.generate_name = Some(format!("{name}-"));
-    object.metadata.namespace = Some(namespace.clone());
-    let api: Api<Invocation> = Api::namespaced(state.client.clone(), &namespace);
-    let created = api
-        .create(&post_params(), &object)
+    let limits = &state.settings.limits;
+    submit::submit(&state.store, &state.queue, limits, &function, submission)
         .await
-        .map_err(|e| kube_error(e, &format!("invocation of {name:?}")))?;
-    let id = created
-        .uid()
-        .and_then(|uid| Uuid::parse_str(&uid).ok())
-        .ok_or_else(|| ApiError::internal(&"the API server gave the invocation no UUID uid"))?;
-    // Record the row now, as the operator would, so GET /invocations/{id} answers at once; the
-    // operator finds it (creation is idempotent on the id) and queues it.
-    if let Ok(function_id) = function.invocable() {
-        let new = NewInvocation {
-            id,
-            function_id,
-            namespace: namespace.clone(),
-            function_name: name.clone(),
-            resource_name: Some(created.name_any()),
-            source: Source::Resource,
-            payload: created.spec.payload.clone(),
-            headers: created.spec.headers.clone(),
-            timeout_seconds: created.spec.timeout_seconds.unwrap_or(function.spec.timeout_seconds),
-            max_attempts: function.spec.retry.max_attempts.max(1),
-        };
-        if let Err(error) = state.store.create_invocation(&new).await {
-            tracing::warn!(%id, %error, "cannot record the invocation; the operator will");
-        }
+        .map_err(|e| submit_error(e, name))
+}
+
+/// The HTTP answer to a refused submission.
+fn submit_error(error: SubmitError, name: &str) -> ApiError {
+    match error {
+        SubmitError::NotReady { why, .. } => not_ready(name, &why),
+        SubmitError::Invalid(errors) => invalid(&errors),
+        SubmitError::Deleted(_) => ApiError::not_found(format!("function {name:?} was deleted")),
+        SubmitError::Store(error) => error.into(),
     }
-    Ok((StatusCode::ACCEPTED, Json(InvokeAccepted { invocation_id: id, status: "pending".into() })))
 }
 
 /// One invocation: status, result, error, metrics and timestamps.

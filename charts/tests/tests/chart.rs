@@ -342,7 +342,6 @@ fn executors_runtime_pod(namespace: &str) -> Pod {
         env_from_error: None,
         scaling: Scaling::default(),
         max_concurrency: 1,
-        retry: Default::default(),
     };
     let runtime = kubefaas_core::runtime::lookup("python").unwrap();
     runtime_pod(&KubernetesConfig::new("kubefaas-executor-0"), &resource, &function, runtime)

@@ -66,6 +66,8 @@ pub(crate) async fn record(
         headers: std::collections::BTreeMap::new(),
         timeout_seconds,
         max_attempts: 3,
+        backoff_seconds: 1,
+        retry_on_function_error: false,
     };
     store.create_invocation(&new).await.unwrap().into_row().id
 }
