@@ -430,19 +430,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                 // platform failure, up to the row's maxAttempts, then failed.
                 tracing::warn!(invocation = %job.invocation_id, error = %error, "cannot resolve function");
                 let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
-                return match decide_retry(
-                    &failure,
-                    lease.attempt,
-                    row.max_attempts,
-                    &row.retry_policy(),
-                    self.config.max_backoff,
-                ) {
-                    Some(delay) => self.retry(&delivery, &lease, &row, failure, delay).await,
-                    None => {
-                        let outcome = Outcome::failed(Status::Failed, failure);
-                        self.commit(&delivery, &lease, outcome, None).await
-                    }
-                };
+                return self.retry_or_fail(&delivery, &lease, &row, failure).await;
             }
         };
 
@@ -462,24 +450,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             Ok(run) => run,
             Err(error) => {
                 let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
-                return match decide_retry(
-                    &failure,
-                    lease.attempt,
-                    row.max_attempts,
-                    &row.retry_policy(),
-                    self.config.max_backoff,
-                ) {
-                    Some(delay) => self.retry(&delivery, &lease, &row, failure, delay).await,
-                    None => {
-                        self.commit(
-                            &delivery,
-                            &lease,
-                            Outcome::failed(Status::Failed, failure),
-                            None,
-                        )
-                        .await
-                    }
-                };
+                return self.retry_or_fail(&delivery, &lease, &row, failure).await;
             }
         };
         let outcome = outcome_of(&run);
@@ -518,6 +489,26 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                 tracing::warn!(invocation = %job.invocation_id, attempt = lease.attempt, "lost the lease; discarding this attempt's outcome");
                 self.queue.ack(delivery).await?;
                 Ok(self.observe(job, Handled::Dropped, run))
+            }
+        }
+    }
+
+    /// A platform failure after the claim: retried while the row's policy allows, else the
+    /// invocation fails with it.
+    async fn retry_or_fail(
+        &self,
+        delivery: &Delivery,
+        lease: &Lease,
+        row: &InvocationRow,
+        failure: kubefaas_core::resources::InvocationError,
+    ) -> Result<Handled, WorkerError> {
+        let policy = row.retry_policy();
+        let max_backoff = self.config.max_backoff;
+        match decide_retry(&failure, lease.attempt, row.max_attempts, &policy, max_backoff) {
+            Some(delay) => self.retry(delivery, lease, row, failure, delay).await,
+            None => {
+                let outcome = Outcome::failed(Status::Failed, failure);
+                self.commit(delivery, lease, outcome, None).await
             }
         }
     }
