@@ -230,8 +230,6 @@ pub struct Job {
     pub namespace: String,
     /// Name of the function.
     pub function: String,
-    /// Which attempt this is, starting at 1; [`Queue::retry_later`] increments it.
-    pub attempt: u32,
     /// When the invocation was first enqueued, in ms since the Unix epoch; kept across retries.
     pub enqueued_at_ms: u64,
 }
@@ -241,7 +239,6 @@ mod field {
     pub(super) const FUNCTION_ID: &str = "function_id";
     pub(super) const NAMESPACE: &str = "namespace";
     pub(super) const FUNCTION: &str = "function";
-    pub(super) const ATTEMPT: &str = "attempt";
     pub(super) const ENQUEUED_AT_MS: &str = "enqueued_at_ms";
     // Fields the dead-letter script adds in front of the job's own.
     pub(super) const REASON: &str = "reason";
@@ -262,19 +259,17 @@ impl Job {
             function_id,
             namespace: namespace.into(),
             function: function.into(),
-            attempt: 1,
             enqueued_at_ms: now_ms(),
         }
     }
 
     /// The job as stream field/value pairs.
-    fn fields(&self) -> [(&'static str, String); 6] {
+    fn fields(&self) -> [(&'static str, String); 5] {
         [
             (field::INVOCATION_ID, self.invocation_id.to_string()),
             (field::FUNCTION_ID, self.function_id.to_string()),
             (field::NAMESPACE, self.namespace.clone()),
             (field::FUNCTION, self.function.clone()),
-            (field::ATTEMPT, self.attempt.to_string()),
             (field::ENQUEUED_AT_MS, self.enqueued_at_ms.to_string()),
         ]
     }
@@ -316,7 +311,6 @@ impl Job {
             function_id: parsed(map, field::FUNCTION_ID)?,
             namespace: text(map, field::NAMESPACE)?,
             function: text(map, field::FUNCTION)?,
-            attempt: parsed(map, field::ATTEMPT)?,
             enqueued_at_ms: parsed(map, field::ENQUEUED_AT_MS)?,
         })
     }
@@ -350,8 +344,9 @@ pub struct Abandoned {
     pub entry_id: String,
     /// The job, when the entry could be read.
     pub job: Option<Job>,
-    /// How often it had been handed out.
-    pub attempts: u32,
+    /// How often it had been handed out (deliveries, not attempts: the invocation's row counts
+    /// those).
+    pub deliveries: u32,
 }
 
 /// An entry of the dead-letter stream.
@@ -363,8 +358,8 @@ pub struct DeadLetter {
     pub source_id: String,
     /// Why it was given up.
     pub reason: String,
-    /// How many attempts (or deliveries) were made.
-    pub attempts: u32,
+    /// How often the entry had been handed out (the stream field is still named `attempts`).
+    pub deliveries: u32,
     /// The job, or why it could not be read back (a malformed entry is dead-lettered as is).
     pub job: std::result::Result<Job, String>,
 }
@@ -674,13 +669,12 @@ impl Queue {
         Ok(acked > 0)
     }
 
-    /// Acknowledges a delivery and puts the job's next attempt (`attempt + 1`) in the delayed
+    /// Acknowledges a delivery and puts the job back in the delayed
     /// set, due `delay` from now by the server's clock; see [`Backoff`] for the delay. Returns
     /// the due time in ms since the epoch, or `None` if the delivery had already been
     /// acknowledged (then nothing is scheduled).
     pub async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<Option<u64>> {
-        let next = Job { attempt: delivery.job.attempt.saturating_add(1), ..delivery.job.clone() };
-        let member = next.delayed_member()?;
+        let member = delivery.job.delayed_member()?;
         let due: i64 = self
             .scripts
             .retry_later
@@ -714,18 +708,23 @@ impl Queue {
     }
 
     /// Gives a delivery up: acknowledges it and copies it to the dead-letter stream with
-    /// `reason` and `attempts`, atomically. Returns false if it had already been acknowledged
+    /// `reason` and the delivery count, atomically. Returns false if it had already been acknowledged
     /// (then no dead letter is written).
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
         reason: &str,
-        attempts: u32,
+        deliveries: u32,
     ) -> Result<bool> {
-        self.dead_letter_entry(&delivery.entry_id, reason, attempts).await
+        self.dead_letter_entry(&delivery.entry_id, reason, deliveries).await
     }
 
-    async fn dead_letter_entry(&self, entry_id: &str, reason: &str, attempts: u32) -> Result<bool> {
+    async fn dead_letter_entry(
+        &self,
+        entry_id: &str,
+        reason: &str,
+        deliveries: u32,
+    ) -> Result<bool> {
         let moved: u64 = self
             .scripts
             .dead_letter
@@ -734,7 +733,7 @@ impl Queue {
             .arg(GROUP)
             .arg(entry_id)
             .arg(reason)
-            .arg(attempts)
+            .arg(deliveries)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|source| QueueError::DeadLetter { entry_id: entry_id.to_owned(), source })?;
@@ -758,7 +757,7 @@ impl Queue {
             .map(|entry| DeadLetter {
                 source_id: entry.get(field::SOURCE_ID).unwrap_or_default(),
                 reason: entry.get(field::REASON).unwrap_or_default(),
-                attempts: entry
+                deliveries: entry
                     .get::<String>(field::ATTEMPTS)
                     .and_then(|a| a.parse().ok())
                     .unwrap_or_default(),
@@ -841,7 +840,7 @@ impl Queue {
                     tracing::warn!(entry_id = %entry.id, %problem, "dead-lettering malformed queue entry");
                     let reason = format!("malformed entry: {problem}");
                     if self.dead_letter_entry(&entry.id, &reason, 0).await? {
-                        dead.push(Abandoned { entry_id: entry.id, job: None, attempts: 0 });
+                        dead.push(Abandoned { entry_id: entry.id, job: None, deliveries: 0 });
                     }
                 }
             }
@@ -976,11 +975,11 @@ impl Consumer {
             let handed_out = deliveries.saturating_sub(1);
             if handed_out >= u64::from(self.queue.max_deliveries) {
                 let reason = format!("not acknowledged after {handed_out} deliveries");
-                let attempts = u32::try_from(handed_out).unwrap_or(u32::MAX);
-                if self.queue.dead_letter_entry(&entry.id, &reason, attempts).await? {
+                let deliveries = u32::try_from(handed_out).unwrap_or(u32::MAX);
+                if self.queue.dead_letter_entry(&entry.id, &reason, deliveries).await? {
                     tracing::warn!(entry_id = %entry.id, %reason, "dead-lettered poison queue entry");
                     let job = Job::from_fields(&entry.map).ok();
-                    result.dead_lettered.push(Abandoned { entry_id: entry.id, job, attempts });
+                    result.dead_lettered.push(Abandoned { entry_id: entry.id, job, deliveries });
                 }
             } else {
                 live.push((entry, deliveries));
@@ -1265,7 +1264,6 @@ mod tests {
             function_id: Uuid::new_v4(),
             namespace: "default".into(),
             function: "hello".into(),
-            attempt: 3,
             enqueued_at_ms: 1_700_000_000_123,
         }
     }
@@ -1295,7 +1293,7 @@ mod tests {
         let job = job();
         let member: Vec<String> =
             serde_json::from_str(&job.delayed_member().unwrap_or_default()).unwrap_or_default();
-        assert_eq!(member.len(), 12);
+        assert_eq!(member.len(), 10);
         assert_eq!(member[0], "invocation_id");
         assert_eq!(member[1], job.invocation_id.to_string());
     }
@@ -1307,9 +1305,9 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), Value::BulkString(v.into_bytes())))
             .collect();
-        map.insert("attempt".into(), Value::BulkString(b"many".to_vec()));
+        map.insert("enqueued_at_ms".into(), Value::BulkString(b"soon".to_vec()));
         let error = Job::from_fields(&map).err().unwrap_or_default();
-        assert!(error.contains("attempt"), "{error}");
+        assert!(error.contains("enqueued_at_ms"), "{error}");
         map.remove("namespace");
         let error = Job::from_fields(&map).err().unwrap_or_default();
         assert!(error.contains("namespace is missing"), "{error}");

@@ -617,7 +617,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                 let Some(job) = &dead.job else { continue };
                 let error = platform_error(
                     "DeadLettered",
-                    format!("given up after {} deliveries without an outcome", dead.attempts),
+                    format!("given up after {} deliveries without an outcome", dead.deliveries),
                 );
                 if let Some(row) = self.store.fail_unclaimed(job.invocation_id, &error).await? {
                     self.queue.publish_completion(row.id, row.status.as_str()).await?;
@@ -648,8 +648,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                 rows.extend(self.store.expired_leases(self.config.lease, BATCH).await?);
             }
             for row in &rows {
-                let mut job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
-                job.attempt = u32::try_from(row.attempts).unwrap_or(0) + 1;
+                let job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
                 self.queue.enqueue(&job).await?;
             }
             total += rows.len();
