@@ -28,7 +28,7 @@ pub struct ErrorBody {
 pub struct ErrorInfo {
     /// Machine-readable kind: `invalid_request`, `invalid_json`, `unsupported_media_type`,
     /// `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
-    /// `not_ready`, `payload_too_large`, `rate_limited`, `unavailable`, `timeout`, `internal`,
+    /// `not_ready`, `payload_too_large`, `rate_limited`, `backlog_full`, `unavailable`, `timeout`, `internal`,
     /// and for synchronous invocations `function_error`, `function_timeout`, `out_of_memory`,
     /// `invocation_failed`.
     pub code: &'static str,
@@ -61,6 +61,10 @@ pub struct FieldProblem {
     /// What is wrong with it.
     pub message: String,
 }
+
+/// What a 503 asks the client to wait before trying again: about as long as a restarting
+/// PostgreSQL or Redis takes to answer again, and as long as the executors wait themselves.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 2;
 
 /// An error answer of the REST API.
 #[derive(Debug)]
@@ -139,14 +143,25 @@ impl ApiError {
         error
     }
 
-    /// 503 because a dependency failed; the cause is logged, not shown.
+    /// 429 because the function's backlog is full, with a `Retry-After` of `seconds`.
+    pub fn backlog_full(message: impl Into<String>, seconds: u64) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "backlog_full", message);
+        error.extra.retry_after = Some(seconds.max(1));
+        error
+    }
+
+    /// 503 because a dependency failed, with a `Retry-After` of
+    /// [`UNAVAILABLE_RETRY_AFTER_SECONDS`]; the cause is logged, not shown. Nothing was
+    /// accepted: the request may be sent again as it is.
     pub fn unavailable(dependency: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(dependency, error = %cause, "dependency failed");
-        Self::new(
+        let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("{dependency} is unavailable; retry later (see X-Request-Id in the logs)"),
-        )
+        );
+        error.extra.retry_after = Some(UNAVAILABLE_RETRY_AFTER_SECONDS);
+        error
     }
 
     /// 500; the cause is logged, not shown.

@@ -5,11 +5,13 @@
 //!
 //! - function create/update/delete write `Function` resources and wait (bounded) for the
 //!   operator to report them ready; reads come from PostgreSQL;
-//! - `POST /invoke` creates an `Invocation` resource (the operator queues it);
-//! - `POST /functions/{name}/invoke` is the synchronous fast path: the function comes from a
-//!   watch-backed cache, the invocation is recorded in PostgreSQL and put on the Redis queue
-//!   directly, and the answer arrives through the completion channel — no Kubernetes API round
-//!   trip per request;
+//! - both invokes go straight onto the data plane: the function comes from a watch-backed
+//!   cache, the invocation is recorded in PostgreSQL and put on the Redis queue
+//!   (`kubefaas_core::submit`), with no Kubernetes API round trip and no object per call.
+//!   `POST /invoke` answers 202 once the row is durable; `POST /functions/{name}/invoke` waits
+//!   for the answer on the completion channel;
+//! - admission by backlog: 429 with `Retry-After` while a function has too many unfinished
+//!   invocations;
 //! - bearer-token authentication (hashed tokens, constant-time comparison, namespace scopes),
 //!   a per-token rate limit, body size limits, JSON errors everywhere, `/metrics`, health
 //!   checks and `/openapi.json`.
@@ -18,6 +20,7 @@
 //! Start it in-process with [`Gateway::bind`] (port 0 works; [`Gateway::local_addr`] says which
 //! port was taken) or with [`run`]/[`run_with_client`].
 
+mod admission;
 mod auth;
 pub mod error;
 mod extract;
@@ -44,6 +47,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 pub use auth::RateLimit;
 
 use crate::{
+    admission::Admission,
     auth::{RateLimiter, Tokens},
     metrics::Metrics,
 };
@@ -52,6 +56,10 @@ use crate::{
 pub const INVOCATION_ID_HEADER: &str = "x-kubefaas-invocation-id";
 /// Request header choosing the namespace (the `namespace` query parameter wins).
 pub const NAMESPACE_HEADER: &str = "x-kubefaas-namespace";
+
+/// Unfinished invocations a function may have before the gateway refuses new ones, unless
+/// configured otherwise: minutes of work for a function the executors keep up with.
+pub const DEFAULT_MAX_BACKLOG: u64 = 10_000;
 
 /// Whether API requests need a bearer token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +91,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Per-token rate limit; `None` turns it off.
     pub rate_limit: Option<RateLimit>,
+    /// Unfinished invocations a function may have before new ones are refused with 429;
+    /// `None` admits without bound.
+    pub max_backlog: Option<u64>,
     /// How long function create/update/delete wait for the operator.
     pub function_wait: Duration,
     /// Longest a synchronous invocation holds the HTTP request before answering 504 with the
@@ -94,8 +105,9 @@ pub struct Config {
 
 impl Config {
     /// Settings with the defaults: port 8080 on all interfaces, token authentication, namespace
-    /// `default`, no CORS, 6 MiB bodies, 50 requests/s (burst 100) per token, 30 s function wait,
-    /// 60 s synchronous deadline.
+    /// `default`, no CORS, 6 MiB bodies, [`RateLimit::DEFAULT`] per token,
+    /// [`DEFAULT_MAX_BACKLOG`] unfinished invocations per function, 30 s function wait, 60 s
+    /// synchronous deadline.
     pub fn new(database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
@@ -107,6 +119,7 @@ impl Config {
             cors_origins: Vec::new(),
             max_body_bytes: 6 * 1024 * 1024,
             rate_limit: Some(RateLimit::DEFAULT),
+            max_backlog: Some(DEFAULT_MAX_BACKLOG),
             function_wait: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(60),
             limits: Limits::default(),
@@ -167,6 +180,7 @@ pub(crate) struct AppState {
     pub(crate) settings: Arc<Settings>,
     pub(crate) tokens: Arc<Tokens>,
     pub(crate) rate_limiter: Option<Arc<RateLimiter>>,
+    pub(crate) admission: Option<Arc<Admission>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -215,6 +229,7 @@ impl Gateway {
                 limits: config.limits.clone(),
             }),
             rate_limiter: config.rate_limit.map(|limit| Arc::new(RateLimiter::new(limit))),
+            admission: config.max_backlog.map(|bound| Arc::new(Admission::new(bound))),
             metrics: Arc::new(Metrics::default()),
         };
         let router = router(state, &config)?;

@@ -41,6 +41,9 @@ struct Flags {
     /// Burst of the per-token rate limit.
     #[arg(long, env = "KUBEFAAS_RATE_BURST", default_value_t = RateLimit::DEFAULT.burst)]
     rate_burst: u32,
+    /// Unfinished invocations a function may have before new ones get 429 (0: no bound).
+    #[arg(long, env = "KUBEFAAS_MAX_BACKLOG", default_value_t = kubefaas_api_gateway::DEFAULT_MAX_BACKLOG)]
+    max_backlog: u64,
     /// Seconds function create/update/delete wait for the operator.
     #[arg(long, env = "KUBEFAAS_GATEWAY_FUNCTION_WAIT_SECONDS", default_value_t = 30)]
     function_wait_seconds: u64,
@@ -128,6 +131,7 @@ async fn main() -> ExitCode {
     config.max_body_bytes = flags.max_body_bytes;
     config.rate_limit = (flags.rate_limit > 0.0)
         .then_some(RateLimit { per_second: flags.rate_limit, burst: flags.rate_burst });
+    config.max_backlog = (flags.max_backlog > 0).then_some(flags.max_backlog);
     config.function_wait = Duration::from_secs(flags.function_wait_seconds);
     config.sync_timeout = Duration::from_secs(flags.sync_timeout_seconds);
     if config.auth == AuthMode::None {

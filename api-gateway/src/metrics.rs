@@ -50,6 +50,7 @@ pub(crate) struct Metrics {
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     sync_invocations: Family<OutcomeLabels, Counter>,
     rate_limited: Counter,
+    backlog_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -61,6 +62,12 @@ impl Default for Metrics {
         );
         let sync_invocations = Family::<OutcomeLabels, Counter>::default();
         let rate_limited = Counter::default();
+        let backlog_refused = Counter::default();
+        registry.register(
+            "backlog_refused",
+            "Invocations refused with 429 because their function's backlog was full",
+            backlog_refused.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests answered, by method, route and status",
@@ -81,7 +88,7 @@ impl Default for Metrics {
             "Requests refused by the per-token rate limit",
             rate_limited.clone(),
         );
-        Self { registry, requests, durations, sync_invocations, rate_limited }
+        Self { registry, requests, durations, sync_invocations, rate_limited, backlog_refused }
     }
 }
 
@@ -94,6 +101,11 @@ impl Metrics {
     /// Counts a request refused by the rate limit.
     pub(crate) fn rate_limited(&self) {
         self.rate_limited.inc();
+    }
+
+    /// Counts an invocation refused because its function's backlog was full.
+    pub(crate) fn backlog_refused(&self) {
+        self.backlog_refused.inc();
     }
 
     /// The metrics in the OpenMetrics text format.

@@ -486,3 +486,53 @@ async fn an_async_invoke_is_a_queued_row_and_a_job_and_makes_no_invocation_objec
     let rows = rig.store.list_invocations(&InvocationQuery::default()).await.unwrap();
     assert_eq!(rows.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_with_a_full_backlog_gets_429_with_retry_after_until_its_work_finishes() {
+    // No executor runs here: whatever is admitted stays unfinished.
+    let rig = Rig::start(|config| config.max_backlog = Some(3)).await;
+    rig.ready_function("busy").await;
+    rig.ready_function("calm").await;
+    let busy = json!({"function": "busy"});
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        let reply = json(rig.addr, "POST", "/invoke", &[], &busy).await;
+        assert_eq!(reply.status, 202, "{}", reply.json());
+        admitted.push(Uuid::parse_str(reply.json()["invocation_id"].as_str().unwrap()).unwrap());
+    }
+    let refused = json(rig.addr, "POST", "/invoke", &[], &busy).await;
+    let error = refused.error(429, "backlog_full");
+    assert!(error["message"].as_str().unwrap().contains("busy"), "{error}");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let sync = request(rig.addr, "POST", "/functions/busy/invoke", &[], Some(b"{}")).await;
+    sync.error(429, "backlog_full");
+    let rows = rig.store.list_invocations(&InvocationQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 3, "nothing is recorded for a refused invocation");
+    // Another function's backlog is its own.
+    let calm = json(rig.addr, "POST", "/invoke", &[], &json!({"function": "calm"})).await;
+    assert_eq!(calm.status, 202, "{}", calm.json());
+
+    // Once the backlog's work has finished, the function takes invocations again.
+    let gone = kubefaas_core::resources::InvocationError {
+        type_: "FunctionNotFound".into(),
+        message: "finished by the test".into(),
+        stack: None,
+    };
+    for id in admitted {
+        assert!(rig.store.fail_unclaimed(id, &gone).await.unwrap().is_some());
+    }
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let reply = json(rig.addr, "POST", "/invoke", &[], &busy).await;
+        if reply.status == 202 {
+            break;
+        }
+        reply.error(429, "backlog_full");
+        assert!(tokio::time::Instant::now() < deadline, "the backlog was never counted again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = request(rig.addr, "GET", "/metrics", &[], None).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(!text.contains("kubefaas_gateway_backlog_refused_total 0\n"), "{text}");
+    assert!(text.contains("kubefaas_gateway_backlog_refused_total"), "{text}");
+}

@@ -76,6 +76,11 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "KUBEFAAS_RATE_BURST",
           default_value_t = kubefaas_api_gateway::RateLimit::DEFAULT.burst)]
     rate_burst: u32,
+    /// Unfinished invocations a function may have before the gateway answers 429 to new ones;
+    /// 0 admits without bound.
+    #[arg(long, env = "KUBEFAAS_MAX_BACKLOG",
+          default_value_t = kubefaas_api_gateway::DEFAULT_MAX_BACKLOG)]
+    max_backlog: u64,
 }
 
 /// Runs the platform until a shutdown signal.
@@ -177,6 +182,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             per_second: args.rate_limit,
             burst: args.rate_burst.max(1),
         });
+    gateway_config.max_backlog = (args.max_backlog > 0).then_some(args.max_backlog);
     gateway_config.auth = match args.auth {
         Auth::None => kubefaas_api_gateway::AuthMode::None,
         Auth::Token => kubefaas_api_gateway::AuthMode::Token,

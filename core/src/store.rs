@@ -1177,6 +1177,19 @@ impl Store {
         .map_err(query_error("find stuck queued invocations"))
     }
 
+    /// How many invocations of the function `function_id` have not finished (`pending`,
+    /// `queued` or `running`): its backlog.
+    pub async fn backlog(&self, function_id: Uuid) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM invocations \
+             WHERE function_id = $1 AND status IN ('pending', 'queued', 'running')",
+        )
+        .bind(function_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("count unfinished invocations"))
+    }
+
     /// Up to `limit` running invocations whose lease expired more than `grace` ago: their
     /// executor died. Re-enqueue them; [`Store::claim`] takes the lease over.
     pub async fn expired_leases(&self, grace: Duration, limit: i64) -> Result<Vec<InvocationRow>> {

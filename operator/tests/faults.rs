@@ -44,8 +44,8 @@ const HANDLER: &str = concat!(
     "    return {'n': event['n']}\n",
 );
 
-/// Sends `POST /invoke` for `n` until it is accepted; what a careful client does with 503 and
-/// a refused or cut connection (nothing was accepted, so sending again creates no duplicate).
+/// Sends `POST /invoke` for `n` until it is accepted; what a careful client does with 503, 429
+/// and a refused or cut connection (nothing was accepted, so sending again creates no duplicate).
 async fn submit(client: &reqwest::Client, base: &str, n: usize) -> Uuid {
     let body = serde_json::to_vec(&json!({"function": "echo", "payload": {"n": n}})).unwrap();
     let deadline = Instant::now() + PATIENCE;
@@ -63,7 +63,10 @@ async fn submit(client: &reqwest::Client, base: &str, n: usize) -> Uuid {
                 let accepted: Value = serde_json::from_slice(&bytes).unwrap();
                 return accepted["invocation_id"].as_str().unwrap().parse().unwrap();
             }
-            Ok(reply) if reply.status().as_u16() == 503 => {}
+            // Unavailable (PostgreSQL is down), or the function's backlog is full.
+            Ok(reply) if matches!(reply.status().as_u16(), 503 | 429) => {
+                assert!(reply.headers().contains_key("retry-after"), "it says when to retry");
+            }
             Ok(reply) => {
                 let status = reply.status();
                 panic!("invocation {n}: {status} {:?}", reply.text().await);

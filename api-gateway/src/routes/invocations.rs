@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     AppState, INVOCATION_ID_HEADER, NAMESPACE_HEADER,
+    admission::Refused,
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiBytes, ApiJson, ApiQuery, Namespace},
     model::{
@@ -231,8 +232,12 @@ pub(crate) async fn invoke_async(
     ))
 }
 
+/// What a 429 for a full backlog asks the client to wait: a few of the admission counter's
+/// refresh intervals.
+const BACKLOG_RETRY_AFTER_SECONDS: u64 = 1;
+
 /// Submits an invocation of the live function `namespace/name`, taken from the watch-backed
-/// cache.
+/// cache, once its backlog admits it.
 async fn submit_to(
     state: &AppState,
     namespace: &str,
@@ -242,6 +247,18 @@ async fn submit_to(
     let function = state.functions.get(namespace, name).ok_or_else(|| {
         ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
     })?;
+    if let (Some(admission), Some(function_id)) = (&state.admission, function.function_id()) {
+        admission.admit(&state.store, function_id).await.map_err(|refused| match refused {
+            Refused::Full { .. } => {
+                state.metrics.backlog_refused();
+                ApiError::backlog_full(
+                    format!("function {name:?} is not taking more invocations now: {refused}; retry later"),
+                    BACKLOG_RETRY_AFTER_SECONDS,
+                )
+            }
+            Refused::Store(error) => error.into(),
+        })?;
+    }
     let limits = &state.settings.limits;
     submit::submit(&state.store, &state.queue, limits, &function, submission)
         .await
