@@ -7,7 +7,8 @@
 //!   operator to report them ready; reads come from PostgreSQL;
 //! - both invokes go straight onto the data plane: the function comes from a watch-backed
 //!   cache, the invocation is recorded in PostgreSQL and put on the Redis queue
-//!   (`kubefaas_core::submit`), with no Kubernetes API round trip and no object per call.
+//!   (`kubefaas_core::submit::Submitter`: concurrent submissions share one `INSERT` and one
+//!   pipeline of `XADD`s), with no Kubernetes API round trip and no object per call.
 //!   `POST /invoke` answers 202 once the row is durable; `POST /functions/{name}/invoke` waits
 //!   for the answer on the completion channel;
 //! - admission by backlog: 429 with `Retry-After` while a function has too many unfinished
@@ -37,6 +38,7 @@ use kubefaas_core::{
     queue::{Completions, Queue, QueueError},
     service::{Backends, ConnectError, connect},
     store::{Store, StoreConfig, StoreError},
+    submit::Submitter,
     tokens::NewToken,
     validation::Limits,
     watch::FunctionCache,
@@ -179,6 +181,7 @@ pub(crate) struct AppState {
     pub(crate) functions: FunctionCache,
     pub(crate) settings: Arc<Settings>,
     pub(crate) tokens: Arc<Tokens>,
+    pub(crate) submitter: Submitter,
     pub(crate) rate_limiter: Option<Arc<RateLimiter>>,
     pub(crate) admission: Option<Arc<Admission>>,
     pub(crate) metrics: Arc<Metrics>,
@@ -214,8 +217,10 @@ impl Gateway {
             listener_task.abort();
             return Err(Error::WatchStart(watch_wait));
         }
+        let (submitter, submitter_task) = Submitter::start(store.clone(), queue.clone());
         let state = AppState {
             client,
+            submitter,
             tokens: Arc::new(Tokens::new(store.clone())),
             store,
             queue,
@@ -238,7 +243,7 @@ impl Gateway {
             .map_err(|source| Error::Serve { addr: config.addr, source })?;
         let addr =
             listener.local_addr().map_err(|source| Error::Serve { addr: config.addr, source })?;
-        Ok(Self { listener, addr, router, tasks: vec![listener_task, watch_task] })
+        Ok(Self { listener, addr, router, tasks: vec![listener_task, watch_task, submitter_task] })
     }
 
     /// The address the gateway listens on (the actual port when port 0 was asked for).

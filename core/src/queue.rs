@@ -643,6 +643,20 @@ impl Queue {
             .map_err(|source| QueueError::Enqueue { invocation_id: job.invocation_id, source })
     }
 
+    /// Appends many jobs in one round trip (a pipeline of `XADD`s). On failure none, some or
+    /// all may have been added; enqueueing one twice is harmless (the claim decides who runs
+    /// it), so a caller may enqueue them again one by one.
+    pub async fn enqueue_all(&self, jobs: &[Job]) -> Result<()> {
+        let Some(first) = jobs.first() else { return Ok(()) };
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.cmd("XADD").arg(self.keys.stream()).arg("*").arg(&job.fields()[..]).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(|source| QueueError::Enqueue { invocation_id: first.invocation_id, source })
+    }
+
     /// Opens a consumer named `name` (unique per executor process) with its own connection for
     /// blocking reads.
     pub async fn consumer(&self, name: impl Into<String>) -> Result<Consumer> {
@@ -814,15 +828,34 @@ impl Queue {
     }
 
     /// Announces that an invocation reached a terminal state. Publish only after the state is
-    /// committed in the store: waiters re-check the store when woken.
-    pub async fn publish_completion(&self, invocation_id: Uuid, status: &str) -> Result<()> {
+    /// committed in the store. A completion that carries its [`Outcome`] lets a waiter answer
+    /// without reading the store; one without makes it read the store.
+    pub async fn publish_completion(&self, completion: &Completion) -> Result<()> {
+        let invocation_id = completion.id;
         let _receivers: u64 = redis::cmd("PUBLISH")
             .arg(self.keys.completions())
-            .arg(format!("{invocation_id} {status}"))
+            .arg(completion.message())
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|source| QueueError::PublishCompletion { invocation_id, source })?;
         Ok(())
+    }
+
+    /// Publishes `completion` and acknowledges `delivery` in one round trip (a pipeline: the
+    /// completion is announced first, as [`Self::publish_completion`] would).
+    pub async fn complete(&self, completion: &Completion, delivery: &Delivery) -> Result<bool> {
+        let (_receivers, acked): (u64, u64) = redis::pipe()
+            .cmd("PUBLISH")
+            .arg(self.keys.completions())
+            .arg(completion.message())
+            .cmd("XACK")
+            .arg(self.keys.stream())
+            .arg(GROUP)
+            .arg(&delivery.entry_id)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|source| QueueError::Ack { entry_id: delivery.entry_id.clone(), source })?;
+        Ok(acked > 0)
     }
 
     /// Turns stream entries into deliveries; entries that are not jobs are dead-lettered (they
@@ -1025,18 +1058,96 @@ pub enum Notice {
     Resync,
 }
 
+/// A finished invocation as the completion channel announces it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The invocation.
+    pub id: Uuid,
+    /// Its final status, as the store spells it.
+    pub status: String,
+    /// What a synchronous caller answers with, when it is small enough to travel with the
+    /// announcement ([`Outcome::MAX_ANNOUNCED_BYTES`]).
+    pub outcome: Option<Outcome>,
+}
+
+/// The result and error of a finished invocation, as announced.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    /// What the handler returned (`null` when it failed).
+    #[serde(default)]
+    pub result: serde_json::Value,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::resources::InvocationError>,
+}
+
+impl Outcome {
+    /// Outcomes larger than this, encoded, are not announced: every gateway receives every
+    /// announcement, so a large result is read from the store by the one that waits for it.
+    pub const MAX_ANNOUNCED_BYTES: usize = 16 * 1024;
+}
+
+impl Completion {
+    /// A completion announced with its outcome when the outcome is small, else without.
+    pub fn new(id: Uuid, status: impl Into<String>, outcome: Outcome) -> Self {
+        let small = serde_json::to_vec(&outcome)
+            .is_ok_and(|encoded| encoded.len() <= Outcome::MAX_ANNOUNCED_BYTES);
+        Self { id, status: status.into(), outcome: small.then_some(outcome) }
+    }
+
+    /// A completion without its outcome: waiters read the store.
+    pub fn bare(id: Uuid, status: impl Into<String>) -> Self {
+        Self { id, status: status.into(), outcome: None }
+    }
+
+    /// The channel message: `<id> <status>`, then ` <outcome as JSON>` when it is carried.
+    fn message(&self) -> String {
+        let mut message = format!("{} {}", self.id, self.status);
+        if let Some(encoded) = self.outcome.as_ref().and_then(|o| serde_json::to_string(o).ok()) {
+            message.push(' ');
+            message.push_str(&encoded);
+        }
+        message
+    }
+
+    /// Reads a channel message back; `None` when it is not one. An outcome that does not parse
+    /// is dropped (the waiter then reads the store).
+    fn parse(payload: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut parts = text.splitn(3, ' ');
+        let id = parts.next()?.parse().ok()?;
+        let status = parts.next().unwrap_or_default().to_owned();
+        let outcome = parts.next().and_then(|json| serde_json::from_str(json).ok());
+        Some(Self { id, status, outcome })
+    }
+}
+
 /// Notices buffered per subscriber before it counts as lagging (and must resync).
 const NOTICE_BUFFER: usize = 1024;
 
+/// One registered waiter: woken through `notify`, with the announced completion in `announced`
+/// when the announcement carried one.
+#[derive(Default)]
+struct Slot {
+    notify: Notify,
+    announced: Mutex<Option<Completion>>,
+}
+
+impl Slot {
+    fn take(&self) -> Option<Completion> {
+        self.announced.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 struct Hub {
-    waiters: Mutex<HashMap<Uuid, Vec<Arc<Notify>>>>,
+    waiters: Mutex<HashMap<Uuid, Vec<Arc<Slot>>>>,
     notices: broadcast::Sender<Notice>,
     /// Dropped with the hub; its receiver in the listener then reports closed.
     _closed: watch::Sender<()>,
 }
 
 impl Hub {
-    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Arc<Notify>>>> {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Arc<Slot>>>> {
         // The map stays consistent even if a holder panicked: every update is one call.
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -1045,32 +1156,39 @@ impl Hub {
         self.waiters().values().map(Vec::len).sum()
     }
 
-    fn wake(&self, id: Uuid) {
+    fn wake(&self, completion: Completion) {
+        let id = completion.id;
         if let Some(list) = self.waiters().get(&id) {
-            list.iter().for_each(|n| n.notify_one());
+            for slot in list {
+                if completion.outcome.is_some() {
+                    *slot.announced.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(completion.clone());
+                }
+                slot.notify.notify_one();
+            }
         }
         // No subscriber is not an error.
         let _ = self.notices.send(Notice::Completed(id));
     }
 
     fn wake_all(&self) {
-        self.waiters().values().flatten().for_each(|n| n.notify_one());
+        self.waiters().values().flatten().for_each(|slot| slot.notify.notify_one());
         let _ = self.notices.send(Notice::Resync);
     }
 }
 
 /// A registered waiter; unregisters itself when dropped.
-struct Registration<'a> {
-    hub: &'a Hub,
+struct Registration {
+    hub: Arc<Hub>,
     id: Uuid,
-    notify: Arc<Notify>,
+    slot: Arc<Slot>,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut waiters = self.hub.waiters();
         if let Some(list) = waiters.get_mut(&self.id) {
-            list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            list.retain(|n| !Arc::ptr_eq(n, &self.slot));
             if list.is_empty() {
                 waiters.remove(&self.id);
             }
@@ -1132,30 +1250,63 @@ impl Completions {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
+        let expected = self.expect(id);
+        if let Some(done) = check().await? {
+            return Ok(Waited::Finished(done));
+        }
+        expected.wait(timeout, |_| check()).await
+    }
+
+    /// Registers a waiter for invocation `id` now, before it is submitted: every completion
+    /// announced from now on reaches [`Expected::wait`], which therefore needs no first look
+    /// at the store.
+    pub fn expect(&self, id: Uuid) -> Expected {
+        let slot = Arc::new(Slot::default());
+        self.hub.waiters().entry(id).or_default().push(Arc::clone(&slot));
+        Expected { registration: Registration { hub: Arc::clone(&self.hub), id, slot } }
+    }
+}
+
+/// A waiter registered with [`Completions::expect`]; unregisters itself when dropped.
+pub struct Expected {
+    registration: Registration,
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expected").field("id", &self.registration.id).finish()
+    }
+}
+
+impl Expected {
+    /// Waits up to `timeout` for the invocation to finish. On every wake-up `check` is called
+    /// with the announced completion when it carried its outcome, else with `None` (a bare
+    /// announcement, or a reconnect of the listener during which announcements may have been
+    /// lost): it then asks the store. It runs once more at the deadline, with `None`.
+    pub async fn wait<T, E, F, Fut>(self, timeout: Duration, mut check: F) -> Result<Waited<T>, E>
+    where
+        F: FnMut(Option<Completion>) -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
         // A timeout too large to add is as good as none: a year stands in for it.
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(365 * 86_400));
-        let registration = self.register(id);
+        let slot = &self.registration.slot;
         loop {
-            if let Some(done) = check().await? {
-                return Ok(Waited::Finished(done));
-            }
             tokio::select! {
-                () = registration.notify.notified() => {}
+                () = slot.notify.notified() => {
+                    if let Some(done) = check(slot.take()).await? {
+                        return Ok(Waited::Finished(done));
+                    }
+                }
                 () = sleep_until(deadline) => {
-                    return Ok(match check().await? {
+                    return Ok(match check(None).await? {
                         Some(done) => Waited::Finished(done),
                         None => Waited::TimedOut,
                     });
                 }
             }
         }
-    }
-
-    fn register(&self, id: Uuid) -> Registration<'_> {
-        let notify = Arc::new(Notify::new());
-        self.hub.waiters().entry(id).or_default().push(Arc::clone(&notify));
-        Registration { hub: &self.hub, id, notify }
     }
 }
 
@@ -1215,8 +1366,8 @@ async fn listen(
                         break;
                     };
                     let Some(hub) = hub.upgrade() else { return };
-                    match parse_completion(message.get_payload_bytes()) {
-                        Some(id) => hub.wake(id),
+                    match Completion::parse(message.get_payload_bytes()) {
+                        Some(completion) => hub.wake(completion),
                         None => tracing::warn!(%channel, "ignoring malformed completion message"),
                     }
                 }
@@ -1229,13 +1380,6 @@ async fn listen(
             }
         }
     }
-}
-
-/// A completion message is `<invocation id> <status>`; only the id matters to waiters.
-fn parse_completion(payload: &[u8]) -> Option<Uuid> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let id = text.split(' ').next()?;
-    id.parse().ok()
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -1338,9 +1482,28 @@ mod tests {
     }
 
     #[test]
-    fn completion_messages_carry_the_id_first() {
+    fn completion_messages_carry_the_id_first_and_a_small_outcome_last() {
         let id = Uuid::new_v4();
-        assert_eq!(parse_completion(format!("{id} Succeeded").as_bytes()), Some(id));
-        assert_eq!(parse_completion(b"nonsense"), None);
+        let bare = Completion::bare(id, "succeeded");
+        assert_eq!(bare.message(), format!("{id} succeeded"));
+        assert_eq!(Completion::parse(bare.message().as_bytes()), Some(bare));
+        assert_eq!(Completion::parse(b"nonsense"), None);
+
+        // A result with spaces, and a null one, come back as they were.
+        let outcome = Outcome { result: serde_json::json!({"say": "a b c"}), error: None };
+        let full = Completion::new(id, "succeeded", outcome.clone());
+        assert_eq!(full.outcome.as_ref(), Some(&outcome));
+        assert_eq!(Completion::parse(full.message().as_bytes()), Some(full));
+        let null = Completion::new(id, "succeeded", Outcome::default());
+        assert_eq!(
+            Completion::parse(null.message().as_bytes()).unwrap().outcome,
+            Some(Outcome::default())
+        );
+
+        // A large one is left to the store.
+        let big = "x".repeat(Outcome::MAX_ANNOUNCED_BYTES);
+        let large = Completion::new(id, "succeeded", Outcome { result: big.into(), error: None });
+        assert_eq!(large.outcome, None);
+        assert_eq!(large.message(), format!("{id} succeeded"));
     }
 }

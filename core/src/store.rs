@@ -859,6 +859,71 @@ impl Store {
         self.insert_invocation(new, Status::Queued).await
     }
 
+    /// Records many new invocations straight in `queued`, due now, in one statement and one
+    /// commit; returns the rows it inserted. An id that already had a row is skipped and not
+    /// returned (the caller looks it up, as [`Store::create_queued_invocation`] does). Fails as
+    /// a whole when one of them names a function that is gone: the caller then records them one
+    /// by one, to tell which.
+    pub async fn create_queued_invocations(
+        &self,
+        batch: &[NewInvocation],
+    ) -> Result<Vec<InvocationRow>> {
+        const OP: &str = "create invocations";
+        if let Some(bad) = batch.iter().find(|new| new.max_attempts < 1) {
+            return Err(StoreError::InvalidTransition(format!(
+                "max_attempts must be at least 1, got {}",
+                bad.max_attempts
+            )));
+        }
+        let column = |f: &dyn Fn(&NewInvocation) -> Option<String>| -> Vec<Option<String>> {
+            batch.iter().map(f).collect()
+        };
+        // Encoding a JSON value or a map of strings cannot fail.
+        fn json(value: &impl serde::Serialize) -> String {
+            serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+        }
+        sqlx::query_as(
+            "INSERT INTO invocations (id, function_id, namespace, function_name, resource_name, \
+                 source, payload, headers, timeout_seconds, max_attempts, backoff_seconds, \
+                 retry_on_function_error, status, queued_at) \
+             SELECT id, function_id, namespace, function_name, resource_name, source, \
+                 payload::jsonb, headers::jsonb, timeout_seconds, max_attempts, backoff_seconds, \
+                 retry_on_function_error, 'queued', now() \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::int4[], $10::int4[], $11::int4[], $12::bool[]) \
+                 AS t(id, function_id, namespace, function_name, resource_name, source, payload, \
+                      headers, timeout_seconds, max_attempts, backoff_seconds, \
+                      retry_on_function_error) \
+             ON CONFLICT (id) DO NOTHING \
+             RETURNING *",
+        )
+        .bind(batch.iter().map(|n| n.id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.function_id).collect::<Vec<_>>())
+        .bind(column(&|n| Some(n.namespace.clone())))
+        .bind(column(&|n| Some(n.function_name.clone())))
+        .bind(column(&|n| n.resource_name.clone()))
+        .bind(column(&|n| Some(n.source.as_str().to_owned())))
+        .bind(column(&|n| n.payload.as_ref().map(json)))
+        .bind(column(&|n| Some(json(&n.headers))))
+        .bind(batch.iter().map(|n| n.timeout_seconds).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.max_attempts).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.backoff_seconds.max(0)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.retry_on_function_error).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| {
+            if is_foreign_key_violation(&source) {
+                // Which function is gone is not known here; any of the batch's will do for
+                // the message, and the caller retries one by one.
+                StoreError::UnknownFunction(
+                    batch.first().map(|n| n.function_id).unwrap_or_default(),
+                )
+            } else {
+                StoreError::Query { op: OP, source }
+            }
+        })
+    }
+
     async fn insert_invocation(&self, new: &NewInvocation, status: Status) -> Result<Created> {
         const OP: &str = "create invocation";
         if new.max_attempts < 1 {

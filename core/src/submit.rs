@@ -12,9 +12,16 @@
 //! the executors' sweeper once it has been due for `--stuck-after-seconds`. Submitting the same
 //! id twice is harmless: the second call finds the row and queues nothing.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde_json::Value;
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot},
+    task::JoinHandle,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -72,6 +79,14 @@ pub enum SubmitError {
     /// PostgreSQL did not take the row.
     #[error(transparent)]
     Store(StoreError),
+    /// PostgreSQL did not take the batch this submission was part of; nothing of it was
+    /// recorded.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
+    /// The [`Submitter`]'s writer is gone (the process is shutting down); nothing was recorded
+    /// unless a batch was being written, and submitting the same id again is harmless.
+    #[error("the submission writer has stopped")]
+    Stopped,
 }
 
 /// An accepted invocation.
@@ -159,10 +174,21 @@ pub async fn submit(
     submission: Submission,
 ) -> Result<Submitted, SubmitError> {
     let new = prepare(function, &submission, limits)?;
-    let (row, fresh) = match store.create_queued_invocation(&new).await {
+    record_one(store, queue, &new).await
+}
+
+/// Records one prepared invocation and puts it on the queue.
+async fn record_one(
+    store: &Store,
+    queue: &Queue,
+    new: &NewInvocation,
+) -> Result<Submitted, SubmitError> {
+    let (row, fresh) = match store.create_queued_invocation(new).await {
         Ok(Created::New(row)) => (row, true),
         Ok(Created::Existing(row)) => (row, false),
-        Err(StoreError::UnknownFunction(_)) => return Err(SubmitError::Deleted(new.function_name)),
+        Err(StoreError::UnknownFunction(_)) => {
+            return Err(SubmitError::Deleted(new.function_name.clone()));
+        }
         Err(error) => return Err(SubmitError::Store(error)),
     };
     let enqueue_error = if fresh {
@@ -171,6 +197,112 @@ pub async fn submit(
         release(store, queue, &row).await.map_err(SubmitError::Store)?.err()
     };
     Ok(Submitted { row, new: fresh, enqueue_error })
+}
+
+/// How many submissions one batch writes at most.
+const MAX_BATCH: usize = 256;
+/// How many batches are written at once.
+const WRITERS: usize = 4;
+
+/// [`submit`] with the writes of concurrent submissions batched: one `INSERT` (one commit) for
+/// all the rows, one pipeline of `XADD`s for all the jobs. A submission is not delayed to wait
+/// for others: each batch takes what queued up while the previous ones were being written, so
+/// under light load every batch holds one submission and under heavy load the commits are
+/// shared. What `Ok` promises is [`submit`]'s.
+#[derive(Clone, Debug)]
+pub struct Submitter {
+    waiting: mpsc::Sender<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    new: NewInvocation,
+    reply: oneshot::Sender<Result<Submitted, SubmitError>>,
+}
+
+impl Submitter {
+    /// Starts the writer task on the current tokio runtime; it ends when the last clone of the
+    /// `Submitter` is dropped.
+    pub fn start(store: Store, queue: Queue) -> (Self, JoinHandle<()>) {
+        let (waiting, arrivals) = mpsc::channel(MAX_BATCH * WRITERS);
+        (Self { waiting }, tokio::spawn(write_batches(store, queue, arrivals)))
+    }
+
+    /// Records `submission` of `function` and puts it on the queue, as [`submit`] does.
+    pub async fn submit(
+        &self,
+        limits: &Limits,
+        function: &Function,
+        submission: Submission,
+    ) -> Result<Submitted, SubmitError> {
+        let new = prepare(function, &submission, limits)?;
+        let (reply, answer) = oneshot::channel();
+        self.waiting.send(Waiting { new, reply }).await.map_err(|_| SubmitError::Stopped)?;
+        answer.await.map_err(|_| SubmitError::Stopped)?
+    }
+}
+
+async fn write_batches(store: Store, queue: Queue, mut arrivals: mpsc::Receiver<Waiting>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while arrivals.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Ok(writer) = Arc::clone(&writers).acquire_owned().await else { return };
+        // What arrived while waiting for a writer joins this batch.
+        while batch.len() < MAX_BATCH
+            && let Ok(more) = arrivals.try_recv()
+        {
+            batch.push(more);
+        }
+        let (store, queue) = (store.clone(), queue.clone());
+        let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        tokio::spawn(async move {
+            write_batch(&store, &queue, taken).await;
+            drop(writer);
+        });
+    }
+}
+
+/// Writes one batch and answers each submission of it.
+async fn write_batch(store: &Store, queue: &Queue, batch: Vec<Waiting>) {
+    let news: Vec<NewInvocation> = batch.iter().map(|w| w.new.clone()).collect();
+    let inserted = match store.create_queued_invocations(&news).await {
+        Ok(rows) => rows,
+        // One of them names a function deleted meanwhile: one by one, to tell which.
+        Err(StoreError::UnknownFunction(_)) => {
+            for waiting in batch {
+                let answer = record_one(store, queue, &waiting.new).await;
+                let _ = waiting.reply.send(answer);
+            }
+            return;
+        }
+        Err(error) => {
+            let error = Arc::new(error);
+            for waiting in batch {
+                let _ = waiting.reply.send(Err(SubmitError::Batch(Arc::clone(&error))));
+            }
+            return;
+        }
+    };
+    let jobs: Vec<Job> = inserted
+        .iter()
+        .map(|row| Job::new(row.id, row.function_id, &row.namespace, &row.function_name))
+        .collect();
+    let queued = queue.enqueue_all(&jobs).await.is_ok();
+    let mut inserted: HashMap<Uuid, InvocationRow> =
+        inserted.into_iter().map(|row| (row.id, row)).collect();
+    for waiting in batch {
+        let answer = match inserted.remove(&waiting.new.id) {
+            Some(row) if queued => Ok(Submitted { row, new: true, enqueue_error: None }),
+            // The pipeline failed: this job's own try says whether it reached the queue.
+            Some(row) => {
+                let enqueue_error = enqueue(queue, &row).await.err();
+                Ok(Submitted { row, new: true, enqueue_error })
+            }
+            // The id had a row already: as [`submit`] does for a second submission.
+            None => record_one(store, queue, &waiting.new).await,
+        };
+        let _ = waiting.reply.send(answer);
+    }
 }
 
 #[cfg(test)]

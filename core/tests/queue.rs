@@ -14,7 +14,8 @@ use std::{
 };
 
 use kubefaas_core::queue::{
-    Abandoned, Completions, Consumer, Delivery, Job, Notice, Queue, QueueConfig, QueueStats, Waited,
+    Abandoned, Completion, Completions, Consumer, Delivery, Job, Notice, Outcome, Queue,
+    QueueConfig, QueueStats, Waited,
 };
 use redis::{Client, ConnectionAddr, aio::MultiplexedConnection};
 use tokio::{
@@ -457,7 +458,7 @@ async fn completion_published_before_the_waiter_subscribed_is_not_missed() {
     let id = Uuid::new_v4();
     let store = Arc::new(Store::default());
     store.finish("Succeeded");
-    fx.queue.publish_completion(id, "Succeeded").await.unwrap();
+    fx.queue.publish_completion(&Completion::bare(id, "Succeeded")).await.unwrap();
 
     let (completions, listener) = fx.completions().await;
     let waited =
@@ -485,7 +486,7 @@ async fn completion_published_after_the_waiter_registered_wakes_it() {
     assert_eq!(completions.waiting(), 2);
 
     store.finish("Failed");
-    fx.queue.publish_completion(id, "Failed").await.unwrap();
+    fx.queue.publish_completion(&Completion::bare(id, "Failed")).await.unwrap();
 
     // The deadline is ten minutes away: only the published message can end this wait in time.
     let waited = within("the waiter to wake", task).await.unwrap();
@@ -505,8 +506,8 @@ async fn notice_subscribers_hear_every_completion_and_a_resync_after_reconnect()
     let mut notices = completions.notices();
 
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-    fx.queue.publish_completion(first, "succeeded").await.unwrap();
-    fx.queue.publish_completion(second, "failed").await.unwrap();
+    fx.queue.publish_completion(&Completion::bare(first, "succeeded")).await.unwrap();
+    fx.queue.publish_completion(&Completion::bare(second, "failed")).await.unwrap();
     assert_eq!(within("the first notice", notices.recv()).await.unwrap(), Notice::Completed(first));
     assert_eq!(
         within("the second notice", notices.recv()).await.unwrap(),
@@ -515,6 +516,49 @@ async fn notice_subscribers_hear_every_completion_and_a_resync_after_reconnect()
 
     proxy.cut();
     assert_eq!(within("the resync notice", notices.recv()).await.unwrap(), Notice::Resync);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_waiter_registered_ahead_hears_the_outcome_without_asking_the_store() {
+    let fx = fixture().await;
+    let (completions, _listener) = fx.completions().await;
+    let (small, large) = (Uuid::new_v4(), Uuid::new_v4());
+    let expected_small = completions.expect(small);
+    let expected_large = completions.expect(large);
+    assert_eq!(completions.waiting(), 2);
+
+    // Announced before anyone waits: the registration keeps it.
+    let outcome = Outcome { result: serde_json::json!({"n": 1}), error: None };
+    fx.queue
+        .publish_completion(&Completion::new(small, "succeeded", outcome.clone()))
+        .await
+        .unwrap();
+    let big = Outcome { result: "x".repeat(Outcome::MAX_ANNOUNCED_BYTES).into(), error: None };
+    fx.queue.publish_completion(&Completion::new(large, "succeeded", big)).await.unwrap();
+
+    let heard = within(
+        "the small outcome",
+        expected_small.wait(Duration::from_secs(600), |announced| async move {
+            Ok::<_, ()>(Some(announced))
+        }),
+    )
+    .await
+    .unwrap();
+    let Waited::Finished(Some(announced)) = heard else { panic!("{heard:?}") };
+    assert_eq!((announced.id, announced.outcome), (small, Some(outcome)));
+
+    // A large outcome is not announced: the waiter is woken and must read the store.
+    let heard = within(
+        "the large one",
+        expected_large.wait(Duration::from_secs(600), |announced| async move {
+            Ok::<_, ()>(Some(announced))
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heard, Waited::Finished(None));
+    assert_eq!(completions.waiting(), 0, "waiters unregister when done");
     fx.cleanup().await;
 }
 

@@ -743,3 +743,39 @@ async fn a_claim_reports_how_the_function_row_says_it_runs_at_that_moment() {
         other => panic!("claim failed: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_submissions_is_recorded_queued_in_one_statement_as_given() {
+    let db = TestDb::new().await;
+    let (function, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    let existing = queued_invocation(&db).await;
+    let mut first = invocation(function.record.id);
+    first.source = Source::Async;
+    let mut second = invocation(function.record.id);
+    (second.payload, second.resource_name, second.headers) = (None, None, BTreeMap::new());
+    second.retry_on_function_error = true;
+    let mut again = invocation(function.record.id);
+    again.id = existing;
+
+    let rows =
+        db.store.create_queued_invocations(&[first.clone(), second.clone(), again]).await.unwrap();
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    assert_eq!(ids.len(), 2, "the id that had a row is skipped");
+    assert!(ids.contains(&first.id) && ids.contains(&second.id));
+    for new in [&first, &second] {
+        let row = db.store.invocation(new.id).await.unwrap().unwrap();
+        assert_eq!((row.status, row.source), (Status::Queued, new.source));
+        assert!(row.queued_at.is_some());
+        assert_eq!((&row.payload, &row.headers), (&new.payload, &new.headers));
+        assert_eq!(row.resource_name, new.resource_name);
+        let frozen = (row.timeout_seconds, row.max_attempts, row.retry_on_function_error);
+        assert_eq!(frozen, (new.timeout_seconds, new.max_attempts, new.retry_on_function_error));
+    }
+
+    // A function that is gone fails the whole batch, and nothing of it is recorded.
+    let orphan = invocation(Uuid::new_v4());
+    let fine = invocation(function.record.id);
+    let error = db.store.create_queued_invocations(&[fine.clone(), orphan]).await.unwrap_err();
+    assert!(matches!(error, StoreError::UnknownFunction(_)), "{error:?}");
+    assert!(db.store.invocation(fine.id).await.unwrap().is_none());
+}

@@ -30,9 +30,11 @@ use std::{
 
 use kubefaas_core::{
     env_from::EnvSource,
-    queue::{Backoff, Consumer, Delivery, Job, Queue, QueueError},
+    queue::{self, Backoff, Completion, Consumer, Delivery, Job, Queue, QueueError},
     resources::{InvocationMetrics, RetryPolicy},
-    store::{Claim, FunctionState, InvocationRow, Lease, Outcome, Status, Store, StoreError},
+    store::{
+        Claim, FunctionState, InvocationRow, Lease, Outcome, Source, Status, Store, StoreError,
+    },
 };
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -479,8 +481,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         let job = &delivery.job;
         match self.store.complete(lease, &outcome).await? {
             Some(row) => {
-                self.queue.publish_completion(row.id, row.status.as_str()).await?;
-                self.queue.ack(delivery).await?;
+                self.queue.complete(&announcement(&row), delivery).await?;
                 Ok(self.observe(job, Handled::Finished(row.status), run))
             }
             None => {
@@ -620,7 +621,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                     format!("given up after {} deliveries without an outcome", dead.deliveries),
                 );
                 if let Some(row) = self.store.fail_unclaimed(job.invocation_id, &error).await? {
-                    self.queue.publish_completion(row.id, row.status.as_str()).await?;
+                    self.queue.publish_completion(&announcement(&row)).await?;
                 }
             }
             for delivery in reclaimed.deliveries {
@@ -705,6 +706,18 @@ fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
         "FunctionNotFound",
     ]
     .contains(&error.type_.as_str())
+}
+
+/// The announcement of a finished row: a synchronous caller waits for it, so it carries the
+/// outcome (when small) and the gateway answers without reading the row; nobody waits on
+/// the others, so theirs is bare.
+fn announcement(row: &InvocationRow) -> Completion {
+    if row.source != Source::Sync {
+        return Completion::bare(row.id, row.status.as_str());
+    }
+    let outcome =
+        queue::Outcome { result: row.result.clone().unwrap_or_default(), error: row.error.clone() };
+    Completion::new(row.id, row.status.as_str(), outcome)
 }
 
 /// Whether a failed attempt is tried again, and after how long. Platform failures are retried;

@@ -130,6 +130,10 @@ async fn start(
             return invalid(invocation, namespace, &current, &errors, ctx).await;
         }
         Err(SubmitError::Store(error)) => return Err(error.into()),
+        // Only a `Submitter` answers these; kept apart so a new kind of refusal is not lost.
+        Err(error @ (SubmitError::Batch(_) | SubmitError::Stopped)) => {
+            return Err(Error::Submit(error));
+        }
     };
     follow(invocation, namespace, row, ctx).await
 }

@@ -108,6 +108,9 @@ pub enum Error {
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A submission was not recorded (retried by the controller).
+    #[error(transparent)]
+    Submit(kubefaas_core::submit::SubmitError),
     /// PostgreSQL or Redis could not be set up at start.
     #[error(transparent)]
     Connect(#[from] ConnectError),

@@ -11,7 +11,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use kubefaas_core::{
-    queue::Waited,
+    queue::{Completion, Waited},
+    resources::InvocationError,
     store::{InvocationQuery, InvocationRow, Source, Status, StoreError},
     submit::{self, Submission, SubmitError},
 };
@@ -78,24 +79,31 @@ pub(crate) async fn invoke_sync(
     };
     let mut submission = Submission::new(Source::Sync, payload);
     submission.headers = headers;
+    let id = submission.id;
+    // Registered before the submission, so no announcement can be missed and the row need not
+    // be read before the first one arrives.
+    let expected = state.completions.expect(id);
     let submitted = submit_to(&state, &namespace, &name, submission).await?;
-    let id = submitted.row.id;
     // The row is queued: the sweeper queues it again later, but this caller would wait for that.
     if let Some(error) = submitted.enqueue_error {
         return Err(ApiError::unavailable("Redis", &error).with_invocation(id));
     }
     let store = state.store.clone();
-    let waited = state
-        .completions
-        .wait(id, state.settings.sync_timeout, || {
+    let waited = expected
+        .wait(state.settings.sync_timeout, |announced| {
             let store = store.clone();
             async move {
-                Ok::<_, StoreError>(store.invocation(id).await?.filter(|r| r.status.is_terminal()))
+                // An announcement that carries the outcome is the answer; otherwise the row is.
+                if let Some(finished) = announced.and_then(Finished::announced) {
+                    return Ok(Some(finished));
+                }
+                let row = store.invocation(id).await?.filter(|r| r.status.is_terminal());
+                Ok::<_, StoreError>(row.map(Finished::from))
             }
         })
         .await?;
-    let row = match waited {
-        Waited::Finished(row) => row,
+    let finished = match waited {
+        Waited::Finished(finished) => finished,
         Waited::TimedOut => {
             state.metrics.sync_outcome("waiting");
             return Err(ApiError::new(
@@ -109,17 +117,45 @@ pub(crate) async fn invoke_sync(
             .with_invocation(id));
         }
     };
-    outcome(&state, row)
+    outcome(&state, finished)
+}
+
+/// A finished synchronous invocation: what its answer is made of.
+struct Finished {
+    id: Uuid,
+    status: Status,
+    result: serde_json::Value,
+    error: Option<InvocationError>,
+}
+
+impl Finished {
+    /// From an announcement that carried the outcome of a final status.
+    fn announced(completion: Completion) -> Option<Self> {
+        let outcome = completion.outcome?;
+        let status = completion.status.parse::<Status>().ok().filter(|s| s.is_terminal())?;
+        Some(Self { id: completion.id, status, result: outcome.result, error: outcome.error })
+    }
+}
+
+impl From<InvocationRow> for Finished {
+    fn from(row: InvocationRow) -> Self {
+        Self {
+            id: row.id,
+            status: row.status,
+            result: row.result.unwrap_or_default(),
+            error: row.error,
+        }
+    }
 }
 
 /// The HTTP answer of a finished synchronous invocation.
-fn outcome(state: &AppState, row: InvocationRow) -> ApiResult<Response> {
-    let id = row.id;
-    let error_type = row.error.as_ref().map(|e| e.type_.as_str()).unwrap_or_default();
-    let (status, code, outcome) = match (row.status, error_type) {
+fn outcome(state: &AppState, finished: Finished) -> ApiResult<Response> {
+    let id = finished.id;
+    let error_type = finished.error.as_ref().map(|e| e.type_.as_str()).unwrap_or_default();
+    let (status, code, outcome) = match (finished.status, error_type) {
         (Status::Succeeded, _) => {
             state.metrics.sync_outcome("succeeded");
-            let mut response = Json(row.result.unwrap_or_default()).into_response();
+            let mut response = Json(finished.result).into_response();
             if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
                 response.headers_mut().insert(INVOCATION_ID_HEADER, value);
             }
@@ -136,11 +172,13 @@ fn outcome(state: &AppState, row: InvocationRow) -> ApiResult<Response> {
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "function_error", "failed"),
     };
     state.metrics.sync_outcome(outcome);
-    let message = row
+    let message = finished
         .error
         .as_ref()
-        .map_or_else(|| format!("the invocation ended {}", row.status), |e| e.message.clone());
-    Err(ApiError::new(status, code, message).with_function_error(row.error).with_invocation(id))
+        .map_or_else(|| format!("the invocation ended {}", finished.status), |e| e.message.clone());
+    Err(ApiError::new(status, code, message)
+        .with_function_error(finished.error)
+        .with_invocation(id))
 }
 
 /// Request headers that reach the handler's context: all but credentials, the connection's own
@@ -260,9 +298,7 @@ async fn submit_to(
         })?;
     }
     let limits = &state.settings.limits;
-    submit::submit(&state.store, &state.queue, limits, &function, submission)
-        .await
-        .map_err(|e| submit_error(e, name))
+    state.submitter.submit(limits, &function, submission).await.map_err(|e| submit_error(e, name))
 }
 
 /// The HTTP answer to a refused submission.
@@ -272,6 +308,8 @@ fn submit_error(error: SubmitError, name: &str) -> ApiError {
         SubmitError::Invalid(errors) => invalid(&errors),
         SubmitError::Deleted(_) => ApiError::not_found(format!("function {name:?} was deleted")),
         SubmitError::Store(error) => error.into(),
+        SubmitError::Batch(error) => ApiError::unavailable("PostgreSQL", &error),
+        SubmitError::Stopped => ApiError::unavailable("the submission writer", &"stopped"),
     }
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Platform {
     children: Vec<Child>,
     pub(crate) gateway: SocketAddr,
     pub(crate) token: String,
+    /// The platform's database (its own schema).
+    pub(crate) database_url: String,
 }
 
 impl Platform {
@@ -125,7 +127,7 @@ impl Platform {
         let (child, line) = spawn_until(gateway, "kubefaas-api-gateway ready on http://").await;
         children.push(child);
         let gateway = line.rsplit("http://").next().unwrap().parse().unwrap();
-        Self { dir, children, gateway, token }
+        Self { dir, children, gateway, token, database_url }
     }
 
     pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
