@@ -30,7 +30,7 @@ bench: ## Measure here: the pipeline (apply → Ready/Succeeded), then the REST 
 	$(CARGO) build --release -p kubefaas -p kubefaas-executor -p kubefaas-operator -p kubefaas-standalone --bins
 	$(CARGO) build --release -p kubefaas-api-gateway --bins --examples
 	scripts/bench-pipeline.sh
-	scripts/with-services.sh target/release/examples/gateway_latency $(BENCH_SAMPLES)
+	KUBEFAAS_PG_DURABLE=1 scripts/with-services.sh target/release/examples/gateway_latency $(BENCH_SAMPLES)
 
 .PHONY: build
 build: ## Build every crate

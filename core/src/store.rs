@@ -777,6 +777,9 @@ pub struct Lease {
     pub attempt: i32,
     /// When it runs out unless renewed.
     pub expires_at: DateTime<Utc>,
+    /// How the invocation was made; a synchronous one's outcome is committed without waiting
+    /// for the WAL flush (see [`Store::complete`]).
+    pub source: Source,
 }
 
 /// What [`Store::claim`] found.
@@ -855,6 +858,11 @@ impl Store {
     /// caller then puts it on the queue; should that fail, or the caller die first, the sweeper
     /// ([`Store::stuck_queued`]) queues it again. Idempotent on the id, as
     /// [`Store::create_invocation`].
+    ///
+    /// A synchronous invocation's row is history, not a promise (its caller waits for the
+    /// answer, and gets an error if the platform fails), so it is committed without waiting for
+    /// the WAL flush: only a crash of PostgreSQL itself within its WAL writer's window (600 ms
+    /// by default) can forget it. Every other row is committed durably before this returns.
     pub async fn create_queued_invocation(&self, new: &NewInvocation) -> Result<Created> {
         self.insert_invocation(new, Status::Queued).await
     }
@@ -863,7 +871,8 @@ impl Store {
     /// commit; returns the rows it inserted. An id that already had a row is skipped and not
     /// returned (the caller looks it up, as [`Store::create_queued_invocation`] does). Fails as
     /// a whole when one of them names a function that is gone: the caller then records them one
-    /// by one, to tell which.
+    /// by one, to tell which. A batch of synchronous invocations only is committed as
+    /// [`Store::create_queued_invocation`] commits one.
     pub async fn create_queued_invocations(
         &self,
         batch: &[NewInvocation],
@@ -894,6 +903,9 @@ impl Store {
                  AS t(id, function_id, namespace, function_name, resource_name, source, payload, \
                       headers, timeout_seconds, max_attempts, backoff_seconds, \
                       retry_on_function_error) \
+             CROSS JOIN (SELECT set_config('synchronous_commit', \
+                 CASE WHEN $13 THEN 'off' ELSE current_setting('synchronous_commit') END, \
+                 true)) AS commit_mode \
              ON CONFLICT (id) DO NOTHING \
              RETURNING *",
         )
@@ -909,6 +921,7 @@ impl Store {
         .bind(batch.iter().map(|n| n.max_attempts).collect::<Vec<_>>())
         .bind(batch.iter().map(|n| n.backoff_seconds.max(0)).collect::<Vec<_>>())
         .bind(batch.iter().map(|n| n.retry_on_function_error).collect::<Vec<_>>())
+        .bind(batch.iter().all(|n| n.source == Source::Sync))
         .fetch_all(&self.pool)
         .await
         .map_err(|source| {
@@ -936,8 +949,11 @@ impl Store {
             "INSERT INTO invocations (id, function_id, namespace, function_name, resource_name, \
                  source, payload, headers, timeout_seconds, max_attempts, backoff_seconds, \
                  retry_on_function_error, status, queued_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 CASE WHEN $13 = 'queued' THEN now() END) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 CASE WHEN $13 = 'queued' THEN now() END \
+             FROM (SELECT set_config('synchronous_commit', \
+                 CASE WHEN $6 = 'sync' THEN 'off' ELSE current_setting('synchronous_commit') END, \
+                 true)) AS commit_mode \
              ON CONFLICT (id) DO NOTHING \
              RETURNING *",
         )
@@ -1050,6 +1066,13 @@ impl Store {
     /// `queued → running` for `owner`, or takes over a `running` row whose lease has expired.
     /// Either way the attempt counter goes up by one and becomes the new lease's fencing token.
     ///
+    /// The claim is committed without waiting for the WAL flush (`synchronous_commit = off` for
+    /// this transaction): should PostgreSQL itself crash within its WAL writer's window (three
+    /// times `wal_writer_delay`, 600 ms by default), the claim is forgotten and the row is back
+    /// in `queued`. That costs at most a second run, never a lost invocation: the outcome is
+    /// accepted only from the lease holder, the forgotten lease is nobody's, and the sweeper
+    /// queues the row again.
+    ///
     /// Of several executors claiming at once exactly one gets [`Claim::Acquired`]: the update
     /// locks the row, and the others re-check the condition against the winner's write.
     pub async fn claim(&self, id: Uuid, owner: &str, lease_for: Duration) -> Result<Claim> {
@@ -1064,7 +1087,8 @@ impl Store {
                  RETURNING *) \
              SELECT claimed.*, f.runtime, f.handler, f.code_checksum, f.memory_mb, \
                  f.cpu_millis, f.environment \
-             FROM claimed JOIN functions f ON f.id = claimed.function_id",
+             FROM claimed JOIN functions f ON f.id = claimed.function_id \
+                 CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
         )
         .bind(id)
         .bind(owner)
@@ -1082,6 +1106,7 @@ impl Store {
                 owner: owner.to_owned(),
                 attempt: invocation.attempts,
                 expires_at,
+                source: invocation.source,
             };
             return Ok(Claim::Acquired { lease, invocation: Box::new(invocation), function });
         }
@@ -1131,7 +1156,9 @@ impl Store {
 
     /// Commits the terminal outcome of the leased attempt. Returns the finished row, or `None`
     /// when the caller no longer holds the lease (another executor took it over, or it already
-    /// finished): the caller's outcome is then discarded.
+    /// finished): the caller's outcome is then discarded. A synchronous invocation's outcome is
+    /// committed without waiting for the WAL flush, as its row was
+    /// ([`Store::create_queued_invocation`]); every other one durably.
     pub async fn complete(
         &self,
         lease: &Lease,
@@ -1149,8 +1176,11 @@ impl Store {
             "UPDATE invocations SET status = $4, result = $5, error = $6, metrics = $7, \
                  logs = $8, completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
                  updated_at = now() \
+             FROM (SELECT set_config('synchronous_commit', \
+                 CASE WHEN $9 THEN 'off' ELSE current_setting('synchronous_commit') END, \
+                 true)) AS commit_mode \
              WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3 \
-             RETURNING *",
+             RETURNING invocations.*",
         )
         .bind(lease.invocation_id)
         .bind(&lease.owner)
@@ -1160,6 +1190,7 @@ impl Store {
         .bind(outcome.error.as_ref().map(error_json))
         .bind(outcome.metrics.as_ref().map(Json))
         .bind(&outcome.logs)
+        .bind(lease.source == Source::Sync)
         .fetch_optional(&self.pool)
         .await
         .map_err(query_error("complete invocation"))

@@ -779,3 +779,32 @@ async fn a_batch_of_submissions_is_recorded_queued_in_one_statement_as_given() {
     assert!(matches!(error, StoreError::UnknownFunction(_)), "{error:?}");
     assert!(db.store.invocation(fine.id).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_relaxed_commit_of_a_sync_row_does_not_leak_into_the_connections_later_commits() {
+    let db = TestDb::new().await;
+    let (function, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    // One connection, so every statement below runs on the same session.
+    let mut config = StoreConfig::new(&db.url);
+    config.max_connections = 1;
+    let store = Store::connect(&config).await.unwrap();
+    let setting = || async {
+        sqlx::query_scalar::<_, String>("SELECT current_setting('synchronous_commit')")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    sqlx::query("SET synchronous_commit = on").execute(store.pool()).await.unwrap();
+
+    let mut sync = invocation(function.record.id);
+    sync.source = Source::Sync;
+    store.create_queued_invocation(&sync).await.unwrap();
+    assert_eq!(setting().await, "on", "the insert's relaxed commit was its own");
+    store.create_queued_invocations(&[invocation(function.record.id)]).await.unwrap();
+    let lease = acquired(store.claim(sync.id, "exec-a", Duration::from_secs(30)).await.unwrap());
+    assert_eq!(setting().await, "on", "the claim's too");
+    assert_eq!(lease.source, Source::Sync);
+    let done = store.complete(&lease, &Outcome::succeeded(Some(json!(1)))).await.unwrap();
+    assert_eq!(done.map(|row| row.status), Some(Status::Succeeded));
+    assert_eq!(setting().await, "on", "and the completion's");
+}
