@@ -165,7 +165,8 @@ struct Client {
 
 impl Client {
     fn new(addr: std::net::SocketAddr, token: &str) -> Self {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+        let http =
+            kubefaas_core::http::client_builder().pool_max_idle_per_host(64).build().unwrap();
         Self { http, base: format!("http://{addr}"), bearer: format!("Bearer {token}") }
     }
 
@@ -264,12 +265,15 @@ async fn rate(total: usize, client: Client, path: &'static str) -> f64 {
 }
 
 /// A plain python HTTP echo server (the standard library's, one process, a thread per
-/// connection, HTTP/1.1 keep-alive): the floor the gateway is measured against.
+/// connection, HTTP/1.1 keep-alive, each response written in one piece with Nagle off so no
+/// delayed ACK stalls it): the floor the gateway is measured against.
 async fn floor_server() -> (tokio::process::Child, std::net::SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     const SERVER: &str = "import http.server\n\
 class Echo(http.server.BaseHTTPRequestHandler):\n\
 \x20   protocol_version = 'HTTP/1.1'\n\
+\x20   disable_nagle_algorithm = True\n\
+\x20   wbufsize = 65536\n\
 \x20   def do_POST(self):\n\
 \x20       body = self.rfile.read(int(self.headers.get('Content-Length', 0)))\n\
 \x20       self.send_response(200)\n\

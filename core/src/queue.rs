@@ -1049,25 +1049,44 @@ impl std::fmt::Debug for Completions {
 }
 
 /// What [`Completions::notices`] subscribers hear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
     /// This invocation finished.
-    Completed(Uuid),
+    Completed(Arc<Completion>),
     /// Completions may have been missed (the listener reconnected, or the subscriber fell
     /// behind): re-check everything of interest.
     Resync,
 }
 
-/// A finished invocation as the completion channel announces it.
+/// A finished invocation as the completion channel announces it: enough for the usual
+/// listeners (the synchronous caller, the operator) to act without reading the row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
     /// The invocation.
     pub id: Uuid,
     /// Its final status, as the store spells it.
     pub status: String,
+    /// Whose invocation it was, when announced.
+    pub origin: Option<Origin>,
     /// What a synchronous caller answers with, when it is small enough to travel with the
     /// announcement ([`Outcome::MAX_ANNOUNCED_BYTES`]).
     pub outcome: Option<Outcome>,
+}
+
+/// Where a finished invocation came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The function's row id.
+    pub function_id: Uuid,
+    /// The function's namespace.
+    pub namespace: String,
+    /// The function's name.
+    pub function: String,
+    /// The `Invocation` object it was made through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_name: Option<String>,
+    /// When it was submitted.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The result and error of a finished invocation, as announced.
@@ -1087,38 +1106,59 @@ impl Outcome {
     pub const MAX_ANNOUNCED_BYTES: usize = 16 * 1024;
 }
 
+/// The JSON part of a completion message.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Details {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<Origin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+}
+
 impl Completion {
-    /// A completion announced with its outcome when the outcome is small, else without.
-    pub fn new(id: Uuid, status: impl Into<String>, outcome: Outcome) -> Self {
+    /// A completion that announces only the id and the status: listeners read the store.
+    pub fn bare(id: Uuid, status: impl Into<String>) -> Self {
+        Self { id, status: status.into(), origin: None, outcome: None }
+    }
+
+    /// Announces where the invocation came from too.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// Announces the outcome too, when it is small; a large one is left to the store.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
         let small = serde_json::to_vec(&outcome)
             .is_ok_and(|encoded| encoded.len() <= Outcome::MAX_ANNOUNCED_BYTES);
-        Self { id, status: status.into(), outcome: small.then_some(outcome) }
+        self.outcome = small.then_some(outcome);
+        self
     }
 
-    /// A completion without its outcome: waiters read the store.
-    pub fn bare(id: Uuid, status: impl Into<String>) -> Self {
-        Self { id, status: status.into(), outcome: None }
-    }
-
-    /// The channel message: `<id> <status>`, then ` <outcome as JSON>` when it is carried.
+    /// The channel message: `<id> <status>`, then ` <JSON of origin and outcome>` when either
+    /// is announced.
     fn message(&self) -> String {
         let mut message = format!("{} {}", self.id, self.status);
-        if let Some(encoded) = self.outcome.as_ref().and_then(|o| serde_json::to_string(o).ok()) {
-            message.push(' ');
-            message.push_str(&encoded);
+        if self.origin.is_some() || self.outcome.is_some() {
+            let details = Details { origin: self.origin.clone(), outcome: self.outcome.clone() };
+            if let Ok(encoded) = serde_json::to_string(&details) {
+                message.push(' ');
+                message.push_str(&encoded);
+            }
         }
         message
     }
 
-    /// Reads a channel message back; `None` when it is not one. An outcome that does not parse
-    /// is dropped (the waiter then reads the store).
+    /// Reads a channel message back; `None` when it is not one. Details that do not parse are
+    /// dropped (listeners then read the store).
     fn parse(payload: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(payload).ok()?;
         let mut parts = text.splitn(3, ' ');
         let id = parts.next()?.parse().ok()?;
         let status = parts.next().unwrap_or_default().to_owned();
-        let outcome = parts.next().and_then(|json| serde_json::from_str(json).ok());
-        Some(Self { id, status, outcome })
+        let details: Details =
+            parts.next().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        Some(Self { id, status, origin: details.origin, outcome: details.outcome })
     }
 }
 
@@ -1168,7 +1208,7 @@ impl Hub {
             }
         }
         // No subscriber is not an error.
-        let _ = self.notices.send(Notice::Completed(id));
+        let _ = self.notices.send(Notice::Completed(Arc::new(completion)));
     }
 
     fn wake_all(&self) {
@@ -1491,10 +1531,18 @@ mod tests {
 
         // A result with spaces, and a null one, come back as they were.
         let outcome = Outcome { result: serde_json::json!({"say": "a b c"}), error: None };
-        let full = Completion::new(id, "succeeded", outcome.clone());
+        let origin = Origin {
+            function_id: Uuid::new_v4(),
+            namespace: "team".into(),
+            function: "echo".into(),
+            resource_name: None,
+            created_at: chrono::Utc::now(),
+        };
+        let full =
+            Completion::bare(id, "succeeded").with_outcome(outcome.clone()).with_origin(origin);
         assert_eq!(full.outcome.as_ref(), Some(&outcome));
         assert_eq!(Completion::parse(full.message().as_bytes()), Some(full));
-        let null = Completion::new(id, "succeeded", Outcome::default());
+        let null = Completion::bare(id, "succeeded").with_outcome(Outcome::default());
         assert_eq!(
             Completion::parse(null.message().as_bytes()).unwrap().outcome,
             Some(Outcome::default())
@@ -1502,7 +1550,8 @@ mod tests {
 
         // A large one is left to the store.
         let big = "x".repeat(Outcome::MAX_ANNOUNCED_BYTES);
-        let large = Completion::new(id, "succeeded", Outcome { result: big.into(), error: None });
+        let large = Completion::bare(id, "succeeded")
+            .with_outcome(Outcome { result: big.into(), error: None });
         assert_eq!(large.outcome, None);
         assert_eq!(large.message(), format!("{id} succeeded"));
     }

@@ -508,11 +508,10 @@ async fn notice_subscribers_hear_every_completion_and_a_resync_after_reconnect()
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
     fx.queue.publish_completion(&Completion::bare(first, "succeeded")).await.unwrap();
     fx.queue.publish_completion(&Completion::bare(second, "failed")).await.unwrap();
-    assert_eq!(within("the first notice", notices.recv()).await.unwrap(), Notice::Completed(first));
-    assert_eq!(
-        within("the second notice", notices.recv()).await.unwrap(),
-        Notice::Completed(second)
-    );
+    let heard = within("the first notice", notices.recv()).await.unwrap();
+    assert!(matches!(&heard, Notice::Completed(c) if c.id == first && c.status == "succeeded"));
+    let heard = within("the second notice", notices.recv()).await.unwrap();
+    assert!(matches!(&heard, Notice::Completed(c) if c.id == second && c.status == "failed"));
 
     proxy.cut();
     assert_eq!(within("the resync notice", notices.recv()).await.unwrap(), Notice::Resync);
@@ -531,11 +530,14 @@ async fn a_waiter_registered_ahead_hears_the_outcome_without_asking_the_store() 
     // Announced before anyone waits: the registration keeps it.
     let outcome = Outcome { result: serde_json::json!({"n": 1}), error: None };
     fx.queue
-        .publish_completion(&Completion::new(small, "succeeded", outcome.clone()))
+        .publish_completion(&Completion::bare(small, "succeeded").with_outcome(outcome.clone()))
         .await
         .unwrap();
     let big = Outcome { result: "x".repeat(Outcome::MAX_ANNOUNCED_BYTES).into(), error: None };
-    fx.queue.publish_completion(&Completion::new(large, "succeeded", big)).await.unwrap();
+    fx.queue
+        .publish_completion(&Completion::bare(large, "succeeded").with_outcome(big))
+        .await
+        .unwrap();
 
     let heard = within(
         "the small outcome",

@@ -708,16 +708,24 @@ fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
     .contains(&error.type_.as_str())
 }
 
-/// The announcement of a finished row: a synchronous caller waits for it, so it carries the
-/// outcome (when small) and the gateway answers without reading the row; nobody waits on
-/// the others, so theirs is bare.
+/// The announcement of a finished row: where it came from (so the operator need not read the
+/// row back), and for a synchronous invocation, whose caller waits for it, the outcome when
+/// small (so the gateway answers without reading the row either).
 fn announcement(row: &InvocationRow) -> Completion {
+    let origin = queue::Origin {
+        function_id: row.function_id,
+        namespace: row.namespace.clone(),
+        function: row.function_name.clone(),
+        resource_name: row.resource_name.clone(),
+        created_at: row.created_at,
+    };
+    let completion = Completion::bare(row.id, row.status.as_str()).with_origin(origin);
     if row.source != Source::Sync {
-        return Completion::bare(row.id, row.status.as_str());
+        return completion;
     }
     let outcome =
         queue::Outcome { result: row.result.clone().unwrap_or_default(), error: row.error.clone() };
-    Completion::new(row.id, row.status.as_str(), outcome)
+    completion.with_outcome(outcome)
 }
 
 /// Whether a failed attempt is tried again, and after how long. Platform failures are retried;

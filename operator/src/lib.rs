@@ -45,7 +45,7 @@ use kube::{
     },
 };
 use kubefaas_core::{
-    queue::{Completions, Notice, Queue, QueueError},
+    queue::{Completions, Notice, Origin, Queue, QueueError},
     resources::{Function, Invocation},
     service::{Backends, ConnectError, connect},
     store::{Store, StoreError},
@@ -299,8 +299,9 @@ fn log_reconcile<K: kube::Resource, E: std::fmt::Display>(
     }
 }
 
-/// Turns completion notices into reconcile requests: one Invocation for each completion (looked up
-/// by its row), every Invocation after the notices may have been missed. Each completed row also
+/// Turns completion notices into reconcile requests: one Invocation for each completion made
+/// through one (the announcement says which), every Invocation after the notices may have been
+/// missed. Each completed row also
 /// tells `last_invoked` when its function was invoked.
 #[allow(clippy::type_complexity)]
 fn follow_completions(
@@ -317,8 +318,8 @@ fn follow_completions(
     let store = store.clone();
     tokio::spawn(async move {
         loop {
-            let id = match notices.recv().await {
-                Ok(Notice::Completed(id)) => id,
+            let completion = match notices.recv().await {
+                Ok(Notice::Completed(completion)) => completion,
                 Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
                     last_invoked.notices_missed();
                     // A full channel already holds a pending resync.
@@ -327,16 +328,31 @@ fn follow_completions(
                 }
                 Err(RecvError::Closed) => return,
             };
-            match store.invocation(id).await {
-                Ok(Some(row)) => {
+            // The announcement says whose invocation it was; an older executor's does not,
+            // and then the row does.
+            let origin = match &completion.origin {
+                Some(origin) => Ok(Some(origin.clone())),
+                None => store.invocation(completion.id).await.map(|row| {
+                    row.map(|row| Origin {
+                        function_id: row.function_id,
+                        namespace: row.namespace,
+                        function: row.function_name,
+                        resource_name: row.resource_name,
+                        created_at: row.created_at,
+                    })
+                }),
+            };
+            let id = completion.id;
+            match origin {
+                Ok(Some(origin)) => {
                     let function = FunctionRef {
-                        uid: row.function_id,
-                        namespace: row.namespace.clone(),
-                        name: row.function_name.clone(),
+                        uid: origin.function_id,
+                        namespace: origin.namespace.clone(),
+                        name: origin.function,
                     };
-                    last_invoked.invoked(function, row.created_at);
-                    if let Some(name) = row.resource_name {
-                        let object = ObjectRef::new(&name).within(&row.namespace);
+                    last_invoked.invoked(function, origin.created_at);
+                    if let Some(name) = origin.resource_name {
+                        let object = ObjectRef::new(&name).within(&origin.namespace);
                         if one_tx.send(object).await.is_err() {
                             return;
                         }
