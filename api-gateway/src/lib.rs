@@ -1,4 +1,4 @@
-//! `kubefaas-api-gateway`: the REST API of kubefaas (DESIGN section 4).
+//! `kubefaas-api-gateway`: the REST API of kubefaas (`docs/ARCHITECTURE.md`, "Components").
 //!
 //! It translates the earlier design's REST API into operations on `Function` and `Invocation`
 //! resources, and serves results from PostgreSQL:

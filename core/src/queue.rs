@@ -1,4 +1,4 @@
-//! The invocation queue on Redis Streams (DESIGN section 6).
+//! The invocation queue on Redis Streams (`docs/ARCHITECTURE.md`, "An invocation's life").
 //!
 //! Delivery is at least once: a consumer group (`executors`) hands each entry of the invocation
 //! stream to one consumer, which acknowledges it when the invocation reached a terminal state in

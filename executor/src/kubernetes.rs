@@ -1,5 +1,5 @@
 //! The `kubernetes` backend: invocations run in runtime pods the executor creates per function
-//! (DESIGN section 8) — the catalogue's image, the code mounted from the Function's code
+//! — the catalogue's image, the code mounted from the Function's code
 //! ConfigMap, the function's limits, the restricted security context, an owner reference to
 //! the Function so pods are garbage-collected with it. Each pod's `kubefaas-watchdog` takes one
 //! invocation at a time over HTTP (`POST http://<podIP>:<port>/invoke`).

@@ -89,7 +89,9 @@ pub struct FunctionSpec {
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i32,
 
-    /// Most invocations of this function that may run at the same time, across all executors.
+    /// Most invocations of this function that one executor runs at the same time. Each
+    /// executor enforces it on its own, so with N executors up to N times this many may run at
+    /// once (as with `scaling.maxInstances`).
     #[serde(default = "default_max_concurrency")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_concurrency: i32,
@@ -297,7 +299,8 @@ pub struct FunctionStatus {
     /// when the spec is invalid or the code cannot be obtained (see `message`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<FunctionPhase>,
-    /// Standard conditions: `Ready`, `CodeStored`.
+    /// Standard conditions; `Ready` (with the reason and message of the phase) is the one
+    /// written today.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
