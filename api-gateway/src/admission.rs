@@ -75,9 +75,7 @@ impl Admission {
         }
         let unfinished = store.backlog(function_id).await?;
         let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = counts.entry(function_id).or_insert(Count { at: now, unfinished });
-        *count = Count { at: now, unfinished };
-        self.take(count)
+        self.take(counts.entry(function_id).insert_entry(Count { at: now, unfinished }).into_mut())
     }
 
     fn take(&self, count: &mut Count) -> Result<(), Refused> {

@@ -670,16 +670,19 @@ impl Queue {
             .await
     }
 
+    fn xack(&self, delivery: &Delivery) -> redis::Cmd {
+        let mut xack = redis::cmd("XACK");
+        xack.arg(self.keys.stream()).arg(GROUP).arg(&delivery.entry_id);
+        xack
+    }
+
     /// Acknowledges a delivery: the job is done (whatever its outcome) and is never handed out
     /// again. Returns false if it had already been acknowledged.
     pub async fn ack(&self, delivery: &Delivery) -> Result<bool> {
-        let acked: u64 = redis::cmd("XACK")
-            .arg(self.keys.stream())
-            .arg(GROUP)
-            .arg(&delivery.entry_id)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|source| QueueError::Ack { entry_id: delivery.entry_id.clone(), source })?;
+        let acked: u64 =
+            self.xack(delivery).query_async(&mut self.conn.clone()).await.map_err(|source| {
+                QueueError::Ack { entry_id: delivery.entry_id.clone(), source }
+            })?;
         Ok(acked > 0)
     }
 
@@ -848,10 +851,7 @@ impl Queue {
             .cmd("PUBLISH")
             .arg(self.keys.completions())
             .arg(completion.message())
-            .cmd("XACK")
-            .arg(self.keys.stream())
-            .arg(GROUP)
-            .arg(&delivery.entry_id)
+            .add_command(self.xack(delivery))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|source| QueueError::Ack { entry_id: delivery.entry_id.clone(), source })?;

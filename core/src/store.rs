@@ -722,6 +722,17 @@ pub struct InvocationRow {
 }
 
 impl InvocationRow {
+    /// Where the invocation came from, as its completion announces it.
+    pub fn origin(&self) -> crate::queue::Origin {
+        crate::queue::Origin {
+            function_id: self.function_id,
+            namespace: self.namespace.clone(),
+            function: self.function_name.clone(),
+            resource_name: self.resource_name.clone(),
+            created_at: self.created_at,
+        }
+    }
+
     /// The retry policy frozen into the row when it was submitted: the one that applies.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {

@@ -712,14 +712,7 @@ fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
 /// row back), and for a synchronous invocation, whose caller waits for it, the outcome when
 /// small (so the gateway answers without reading the row either).
 fn announcement(row: &InvocationRow) -> Completion {
-    let origin = queue::Origin {
-        function_id: row.function_id,
-        namespace: row.namespace.clone(),
-        function: row.function_name.clone(),
-        resource_name: row.resource_name.clone(),
-        created_at: row.created_at,
-    };
-    let completion = Completion::bare(row.id, row.status.as_str()).with_origin(origin);
+    let completion = Completion::bare(row.id, row.status.as_str()).with_origin(row.origin());
     if row.source != Source::Sync {
         return completion;
     }

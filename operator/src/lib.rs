@@ -45,7 +45,7 @@ use kube::{
     },
 };
 use kubefaas_core::{
-    queue::{Completions, Notice, Origin, Queue, QueueError},
+    queue::{Completions, Notice, Queue, QueueError},
     resources::{Function, Invocation},
     service::{Backends, ConnectError, connect},
     store::{Store, StoreError},
@@ -332,15 +332,7 @@ fn follow_completions(
             // and then the row does.
             let origin = match &completion.origin {
                 Some(origin) => Ok(Some(origin.clone())),
-                None => store.invocation(completion.id).await.map(|row| {
-                    row.map(|row| Origin {
-                        function_id: row.function_id,
-                        namespace: row.namespace,
-                        function: row.function_name,
-                        resource_name: row.resource_name,
-                        created_at: row.created_at,
-                    })
-                }),
+                None => store.invocation(completion.id).await.map(|row| row.map(|r| r.origin())),
             };
             let id = completion.id;
             match origin {
