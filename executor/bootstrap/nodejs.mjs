@@ -9,14 +9,26 @@ import net from 'node:net';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
+import { types } from 'node:util';
 
+// What counts as an error: a native one (of any realm) or an object shaped like one.
+function isErrorLike(err) {
+  return types.isNativeError(err) ||
+    (err !== null && typeof err === 'object' && typeof err.name === 'string' &&
+      typeof err.message === 'string' && typeof err.stack === 'string');
+}
+
+// The structured error of a thrown or rejected value. Errors keep their name, message and
+// stack; any other value is typed by its `typeof` and described by its string form, as AWS does.
 function errorOf(err) {
-  if (err instanceof Error) {
-    return { type: err.name || err.constructor?.name || 'Error', message: String(err.message), stack: err.stack ?? null };
+  if (isErrorLike(err)) {
+    let type = err.name;
+    if (!type) type = err.constructor?.name || 'Error';
+    return { type: String(type), message: String(err.message), stack: err.stack ?? null };
   }
   let message;
-  try { message = typeof err === 'string' ? err : JSON.stringify(err); } catch { message = String(err); }
-  return { type: 'Error', message: String(message), stack: null };
+  try { message = String(err); } catch { message = Object.prototype.toString.call(err); }
+  return { type: typeof err, message, stack: null };
 }
 
 async function loadHandler(codeDir, spec) {
@@ -54,41 +66,64 @@ async function loadHandler(codeDir, spec) {
   return fn;
 }
 
-function makeContext(init, request, settle) {
+// Wall-clock milliseconds with their fraction, so that a read in the millisecond the deadline was
+// set is already below the timeout.
+const preciseNow = () => performance.timeOrigin + performance.now();
+
+// The context handed to handlers, with the names and types of AWS Lambda's. It serialises with
+// JSON.stringify to its data fields: the methods drop out, and nothing refers back to itself.
+function makeContext(init, request, finish) {
+  let waitsForEmptyEventLoop = true;
   return {
-    functionName: init.function_name,
+    get callbackWaitsForEmptyEventLoop() { return waitsForEmptyEventLoop; },
+    set callbackWaitsForEmptyEventLoop(value) { waitsForEmptyEventLoop = value; },
+    // Lambda's legacy completion methods: they answer at once, whatever the event loop holds.
+    succeed: (value) => finish(null, value),
+    fail: (err) => finish(err ?? 'handled'),
+    done: (err, value) => finish(err, value),
     functionVersion: init.function_version,
+    functionName: init.function_name,
     memoryLimitInMB: String(init.memory_limit_in_mb),
-    invokedFunctionArn: init.function_name,
-    logGroupName: `/kubefaas/${init.function_name}`,
-    logStreamName: init.instance_id,
+    logGroupName: init.log_group_name,
+    logStreamName: init.log_stream_name,
+    clientContext: undefined,
+    identity: undefined,
+    invokedFunctionArn: init.invoked_function_arn,
     awsRequestId: request.id,
     invocationId: request.id,
-    callbackWaitsForEmptyEventLoop: false,
-    getRemainingTimeInMillis: () => Math.max(0, Math.floor(request.deadline_ms - Date.now())),
-    // Lambda's legacy completion methods.
-    succeed: (value) => settle(null, value),
-    fail: (err) => settle(err ?? new Error('failed')),
-    done: (err, value) => settle(err, value),
+    getRemainingTimeInMillis: () => Math.max(0, Math.floor(request.deadline_ms - preciseNow())),
   };
 }
 
-// Runs a handler of any of Lambda's styles: async, promise-returning or callback.
-function callHandler(fn, event, init, request) {
+// Runs a handler of any of Lambda's styles: async, promise-returning or callback. `idle` is
+// told what to do once the event loop has nothing left but the control socket: deliver the
+// value a callback gave (while callbackWaitsForEmptyEventLoop holds, a callback's value waits
+// for that moment, as on AWS), or null when the handler never answered.
+function callHandler(fn, event, init, request, idle) {
   return new Promise((resolve, reject) => {
     let settled = false;
-    const settle = (err, value) => {
+    let waiting;
+    const finish = (err, value) => {
       if (settled) return;
       settled = true;
+      idle.clear();
       if (err !== null && err !== undefined) reject(err); else resolve(value);
     };
-    const context = makeContext(init, request, settle);
+    const context = makeContext(init, request, finish);
+    let calledBack = false;
+    const callback = (err, value) => {
+      if (calledBack) return;
+      calledBack = true;
+      if ((err !== null && err !== undefined) || !context.callbackWaitsForEmptyEventLoop) finish(err, value);
+      else waiting = value;
+    };
+    idle.set(() => finish(null, waiting));
     try {
-      const ret = fn(event, context, settle);
-      if (ret && typeof ret.then === 'function') ret.then((v) => settle(null, v), (e) => settle(e ?? new Error('rejected')));
-      else if (fn.length < 3) settle(null, ret);
+      const ret = fn(event, context, callback);
+      if (ret && typeof ret.then === 'function') ret.then((v) => finish(null, v), (e) => finish(e ?? new Error('rejected')));
+      else if (fn.length < 3) finish(null, ret);
     } catch (err) {
-      settle(err);
+      finish(err);
     }
   });
 }
@@ -96,6 +131,9 @@ function callHandler(fn, event, init, request) {
 function main() {
   const socketPath = process.env.KUBEFAAS_CONTROL_SOCKET;
   delete process.env.KUBEFAAS_CONTROL_SOCKET;
+  if (!process.env.AWS_EXECUTION_ENV) {
+    process.env.AWS_EXECUTION_ENV = `AWS_Lambda_nodejs${process.versions.node.split('.')[0]}.x`;
+  }
   const sock = net.createConnection(socketPath);
   const send = (msg) => sock.write(JSON.stringify(msg) + '\n');
   let init = null;
@@ -108,6 +146,15 @@ function main() {
 
   // Pipes are written synchronously on Linux, so the user's output is in the pipe before this.
   const endLogs = () => fs.writeSync(1, marker);
+
+  // During an invocation the control socket does not keep the process alive, so 'beforeExit'
+  // tells when the handler's own work is done; what to do then is the invocation's.
+  let onIdle = null;
+  const idle = { set: (f) => { onIdle = f; }, clear: () => { onIdle = null; } };
+  process.on('beforeExit', () => {
+    sock.ref();
+    if (onIdle) { const f = onIdle; onIdle = null; f(); }
+  });
 
   process.on('uncaughtException', (err) => {
     if (current) { const c = current; current = null; c(err); return; }
@@ -136,9 +183,10 @@ function main() {
     const reply = { type: 'result', id: msg.id };
     let encoded;
     try {
+      sock.unref();
       const value = await new Promise((resolve, reject) => {
         current = reject;
-        callHandler(handler, msg.payload, init, msg).then(resolve, reject);
+        callHandler(handler, msg.payload, init, msg, idle).then(resolve, reject);
       });
       try {
         encoded = JSON.stringify(value === undefined ? null : value);
@@ -150,6 +198,8 @@ function main() {
       reply.error = errorOf(err);
     }
     current = null;
+    idle.clear();
+    sock.ref();
     endLogs();
     if (reply.error) send(reply);
     else sock.write(JSON.stringify(reply).slice(0, -1) + ',"ok":' + encoded + '}\n');

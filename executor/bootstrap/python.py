@@ -15,32 +15,75 @@ import time
 import traceback
 
 
+class CognitoIdentity:
+    """The caller's Cognito identity: both ids are None, since no caller brings one."""
+
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self):
+        self.cognito_identity_id = None
+        self.cognito_identity_pool_id = None
+
+    def __repr__(self):
+        return "CognitoIdentity([cognito_identity_id=%s,cognito_identity_pool_id=%s])" % (
+            self.cognito_identity_id,
+            self.cognito_identity_pool_id,
+        )
+
+
 class LambdaContext:
-    """The Lambda-compatible context object handed to handlers."""
+    """The context handed to handlers, with the attributes and types of AWS Lambda's."""
 
     def __init__(self, init, request):
-        self.function_name = init.get("function_name", "")
-        self.function_version = init.get("function_version", "")
-        self.memory_limit_in_mb = init.get("memory_limit_in_mb", 0)
-        self.invoked_function_arn = init.get("function_name", "")
-        self.log_group_name = "/kubefaas/" + self.function_name
-        self.log_stream_name = init.get("instance_id", "")
         self.aws_request_id = request["id"]
         self.invocation_id = request["id"]
-        self.identity = None
+        self.log_group_name = init["log_group_name"]
+        self.log_stream_name = init["log_stream_name"]
+        self.function_name = init["function_name"]
+        # A string, as on AWS (which reads it from AWS_LAMBDA_FUNCTION_MEMORY_SIZE).
+        self.memory_limit_in_mb = str(init["memory_limit_in_mb"])
+        self.function_version = init["function_version"]
+        self.invoked_function_arn = init["invoked_function_arn"]
         self.client_context = None
+        self.identity = CognitoIdentity()
         self._deadline_ms = request["deadline_ms"]
 
     def get_remaining_time_in_millis(self):
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
+    def __repr__(self):
+        fields = (
+            "aws_request_id",
+            "log_group_name",
+            "log_stream_name",
+            "function_name",
+            "memory_limit_in_mb",
+            "function_version",
+            "invoked_function_arn",
+            "client_context",
+            "identity",
+        )
+        return "LambdaContext([%s])" % ",".join(
+            "%s=%s" % (name, getattr(self, name)) for name in fields
+        )
 
-def error_of(exc):
+
+def error_of(exc, skip_frames=0):
+    """The structured error of `exc`; its stack leaves out the first `skip_frames` frames (the
+    bootstrap's own, above the user's code)."""
     try:
         message = str(exc)
     except Exception:  # a broken __str__ must not take the bootstrap down
         message = "<%s whose message cannot be printed>" % type(exc).__name__
-    return {"type": type(exc).__name__, "message": message, "stack": traceback.format_exc()}
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    try:
+        stack = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        stack = traceback.format_exc()
+    return {"type": type(exc).__name__, "message": message, "stack": stack}
 
 
 def end_logs(marker):
@@ -63,6 +106,8 @@ def main():
         sock.sendall(json.dumps(msg).encode("ascii") + b"\n")
 
     init = json.loads(reader.readline())
+    version = sys.version_info
+    os.environ.setdefault("AWS_EXECUTION_ENV", "AWS_Lambda_python%d.%d" % version[:2])
     marker = init["marker"].encode("utf-8")
     code_dir = init["code_dir"]
     sys.path.insert(0, code_dir)
@@ -78,7 +123,7 @@ def main():
             )
     except BaseException as exc:  # noqa: B036 - a SystemExit at import is an init error too
         end_logs(marker)
-        send({"type": "init_error", "error": error_of(exc)})
+        send({"type": "init_error", "error": error_of(exc, skip_frames=1)})
         return
     end_logs(marker)
     send({"type": "ready"})
@@ -104,7 +149,7 @@ def main():
                 }
         except Exception as exc:
             encoded = None
-            reply["error"] = error_of(exc)
+            reply["error"] = error_of(exc, skip_frames=1)
         end_logs(marker)
         if encoded is None:
             send(reply)

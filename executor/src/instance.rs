@@ -123,6 +123,9 @@ struct InitMessage<'a> {
     function_version: &'a str,
     memory_limit_in_mb: u64,
     instance_id: &'a str,
+    invoked_function_arn: &'a str,
+    log_group_name: &'a str,
+    log_stream_name: &'a str,
 }
 
 #[derive(Serialize)]
@@ -271,11 +274,22 @@ impl Instance {
         let Some((program, args)) = argv.split_first() else {
             return Err(Error::SpawnInstance(std::io::Error::other("empty command")));
         };
+        let names = LambdaNames::of(&spec, &id, SystemTime::now());
+        let runtime_dir = match spec.language {
+            Language::Go => None,
+            language => driver.bootstraps.get(&language).and_then(|p| p.parent()),
+        };
+        let dirs = InstanceDirs {
+            code: &code_dir,
+            tmp: &tmp_dir,
+            runtime: runtime_dir.unwrap_or(&code_dir),
+            socket: &socket_path,
+        };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .current_dir(&code_dir)
             .env_clear()
-            .envs(platform_env(&spec, &code_dir, &tmp_dir, &socket_path))
+            .envs(platform_env(&spec, &names, &dirs))
             .stdin(Stdio::null())
             .stdout(log_writer)
             .stderr(log_writer2)
@@ -328,6 +342,9 @@ impl Instance {
             function_version: &spec.version,
             memory_limit_in_mb: spec.limits.memory_bytes / (1024 * 1024),
             instance_id: &id,
+            invoked_function_arn: &names.arn,
+            log_group_name: &names.log_group,
+            log_stream_name: &names.log_stream,
         };
         send(&mut writer, &init).await?;
         let received = tokio::select! {
@@ -658,19 +675,89 @@ fn bootstrap(driver: &Driver, language: Language) -> Result<String, Error> {
     })
 }
 
+/// The region an instance reports (`AWS_REGION`, its ARN) when the function's `env` names
+/// none.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The account id in every ARN an instance sees: twelve digits, as AWS's, standing for no
+/// account at all.
+pub const ACCOUNT_ID: &str = "000000000000";
+
+/// What AWS Lambda calls an instance's function and logs, as its context and environment
+/// report them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LambdaNames {
+    region: String,
+    /// `arn:aws:lambda:<region>:<account>:function:<name>`.
+    arn: String,
+    /// `/aws/lambda/<name>`.
+    log_group: String,
+    /// `<yyyy>/<mm>/<dd>/[<version>]<instance id>`, dated when the instance starts (UTC).
+    log_stream: String,
+}
+
+impl LambdaNames {
+    fn of(spec: &FunctionSpec, instance_id: &str, now: SystemTime) -> Self {
+        // The function may pick its region through `env`; then ARN and both variables agree.
+        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .iter()
+            .find_map(|k| spec.env.get(*k).filter(|v| !v.is_empty()))
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        let days = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0);
+        let (year, month, day) = civil_date(days);
+        Self {
+            arn: format!("arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{}", spec.name),
+            log_group: format!("/aws/lambda/{}", spec.name),
+            log_stream: format!("{year:04}/{month:02}/{day:02}/[{}]{instance_id}", spec.version),
+            region,
+        }
+    }
+}
+
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    // Count from 0000-03-01 so that the leap day ends each 400-year era and each year.
+    let shifted = days + 719_468;
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The directories an instance's environment names.
+struct InstanceDirs<'a> {
+    code: &'a Path,
+    tmp: &'a Path,
+    /// Where the bootstrap lives (`LAMBDA_RUNTIME_DIR`).
+    runtime: &'a Path,
+    socket: &'a Path,
+}
+
 /// The whole environment of an instance: the function's variables and the platform's. Nothing
-/// is inherited from the executor. Platform variables win over the function's of the same name.
+/// is inherited from the executor. Two kinds of platform variables: defaults the function's
+/// `env` may replace (`PATH`, `LANG`, `TZ`, `AWS_REGION`, `AWS_DEFAULT_REGION`), and reserved
+/// ones that win over the function's of the same name (the rest: `LAMBDA_*`, `AWS_LAMBDA_*`,
+/// `_HANDLER`, `HOME`, `TMPDIR`, `KUBEFAAS_*`). `AWS_EXECUTION_ENV` is the bootstrap's, which
+/// knows its interpreter's version.
 fn platform_env(
     spec: &FunctionSpec,
-    code_dir: &Path,
-    tmp_dir: &Path,
-    socket: &Path,
+    names: &LambdaNames,
+    dirs: &InstanceDirs<'_>,
 ) -> Vec<(String, String)> {
     let memory_mb = (spec.limits.memory_bytes / (1024 * 1024)).to_string();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
-        ("TZ".into(), "UTC".into()),
+        ("TZ".into(), ":UTC".into()),
+        ("AWS_REGION".into(), names.region.clone()),
+        ("AWS_DEFAULT_REGION".into(), names.region.clone()),
     ];
     if spec.language == Language::Go {
         let procs = spec.limits.cpu_millis.div_ceil(1000).max(1);
@@ -679,16 +766,20 @@ fn platform_env(
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let dir = |p: &Path| p.display().to_string();
     env.extend([
-        ("HOME".to_owned(), dir(tmp_dir)),
-        ("TMPDIR".to_owned(), dir(tmp_dir)),
-        ("LAMBDA_TASK_ROOT".to_owned(), dir(code_dir)),
+        ("HOME".to_owned(), dir(dirs.tmp)),
+        ("TMPDIR".to_owned(), dir(dirs.tmp)),
+        ("LAMBDA_TASK_ROOT".to_owned(), dir(dirs.code)),
+        ("LAMBDA_RUNTIME_DIR".to_owned(), dir(dirs.runtime)),
+        ("_HANDLER".to_owned(), spec.handler.clone()),
         ("KUBEFAAS_FUNCTION_NAME".to_owned(), spec.name.clone()),
         ("KUBEFAAS_FUNCTION_VERSION".to_owned(), spec.version.clone()),
         ("KUBEFAAS_MEMORY_LIMIT_MB".to_owned(), memory_mb.clone()),
         ("AWS_LAMBDA_FUNCTION_NAME".to_owned(), spec.name.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION".to_owned(), spec.version.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".to_owned(), memory_mb),
-        ("KUBEFAAS_CONTROL_SOCKET".to_owned(), dir(socket)),
+        ("AWS_LAMBDA_LOG_GROUP_NAME".to_owned(), names.log_group.clone()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME".to_owned(), names.log_stream.clone()),
+        ("KUBEFAAS_CONTROL_SOCKET".to_owned(), dir(dirs.socket)),
     ]);
     env
 }
@@ -727,5 +818,69 @@ impl Drop for DirGuard {
         if let Some(dir) = &self.0 {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_date_matches_known_days() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(59), (1970, 3, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(19_782), (2024, 2, 29));
+        assert_eq!(civil_date(20_088), (2024, 12, 31));
+        assert_eq!(civil_date(20_089), (2025, 1, 1));
+    }
+
+    fn spec_with(env: &[(&str, &str)]) -> FunctionSpec {
+        let code = crate::Code::File { name: "main.py".into(), contents: Vec::new() };
+        let mut spec = FunctionSpec::new("orders", Language::Python, "main.handler", code)
+            .unwrap_or_else(|e| panic!("{e}"));
+        spec.version = "3".into();
+        spec.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        spec
+    }
+
+    #[test]
+    fn names_are_aws_shaped_and_follow_the_functions_region() {
+        let day = UNIX_EPOCH + Duration::from_secs(20_089 * 86_400 + 3_600);
+        let names = LambdaNames::of(&spec_with(&[]), "abc123", day);
+        assert_eq!(names.arn, "arn:aws:lambda:us-east-1:000000000000:function:orders");
+        assert_eq!(names.log_group, "/aws/lambda/orders");
+        assert_eq!(names.log_stream, "2025/01/01/[3]abc123");
+
+        let names = LambdaNames::of(&spec_with(&[("AWS_DEFAULT_REGION", "eu-west-1")]), "i", day);
+        assert_eq!(names.region, "eu-west-1");
+        assert!(names.arn.starts_with("arn:aws:lambda:eu-west-1:"));
+        let both = [("AWS_REGION", "ap-south-1"), ("AWS_DEFAULT_REGION", "eu-west-1")];
+        assert_eq!(LambdaNames::of(&spec_with(&both), "i", day).region, "ap-south-1");
+    }
+
+    #[test]
+    fn reserved_variables_win_over_the_functions_and_defaults_do_not() {
+        let spec = spec_with(&[
+            ("TZ", "Europe/Prague"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "spoofed"),
+            ("_HANDLER", "other.handler"),
+        ]);
+        let names = LambdaNames::of(&spec, "i", SystemTime::now());
+        let dirs = InstanceDirs {
+            code: Path::new("/c"),
+            tmp: Path::new("/t"),
+            runtime: Path::new("/r"),
+            socket: Path::new("/s"),
+        };
+        // Later entries win, as they do for the spawned command.
+        let env: std::collections::HashMap<_, _> =
+            platform_env(&spec, &names, &dirs).into_iter().collect();
+        assert_eq!(env["TZ"], "Europe/Prague");
+        assert_eq!(env["AWS_LAMBDA_FUNCTION_NAME"], "orders");
+        assert_eq!(env["_HANDLER"], "main.handler");
+        assert_eq!(env["LAMBDA_RUNTIME_DIR"], "/r");
+        assert_eq!(env["AWS_REGION"], DEFAULT_REGION);
+        assert_eq!(env["AWS_LAMBDA_LOG_GROUP_NAME"], "/aws/lambda/orders");
     }
 }

@@ -35,7 +35,9 @@ pub mod worker;
 pub use code::{Code, DEFAULT_MAX_UNPACKED_BYTES};
 pub use driver::{Driver, DriverConfig, FunctionSpec, StartOutcome};
 pub use error::{Error, InvocationError, error_types, platform_error};
-pub use instance::{Instance, Invocation, Metrics, Request, StartFailure};
+pub use instance::{
+    ACCOUNT_ID, DEFAULT_REGION, Instance, Invocation, Metrics, Request, StartFailure,
+};
 pub use kubefaas_core::runtime::Language;
 pub use logs::{Segment, TRUNCATION_MARKER};
 pub use pool::{Pool, Scaling};

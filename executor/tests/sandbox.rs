@@ -61,8 +61,22 @@ async fn instance_sees_only_its_code_its_processes_and_a_minimal_environment() {
         value["env_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     for name in &names {
         assert!(
-            ["PATH", "PWD", "LANG", "TZ", "HOME", "TMPDIR", "LAMBDA_TASK_ROOT", "LC_CTYPE"]
-                .contains(name)
+            [
+                "PATH",
+                "PWD",
+                "LANG",
+                "TZ",
+                "HOME",
+                "TMPDIR",
+                "LAMBDA_TASK_ROOT",
+                "LAMBDA_RUNTIME_DIR",
+                "LC_CTYPE",
+                "_HANDLER",
+                "AWS_REGION",
+                "AWS_DEFAULT_REGION",
+                "AWS_EXECUTION_ENV",
+            ]
+            .contains(name)
                 || name.starts_with("KUBEFAAS_")
                 || name.starts_with("AWS_LAMBDA_"),
             "unexpected variable {name} in {names:?}"
