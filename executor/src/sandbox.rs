@@ -561,10 +561,14 @@ fn detect_v2(mounts: &[CgroupMount], own: &[(String, String)]) -> Option<Hierarc
 
 /// Creates `dir` if needed and checks a child cgroup can be made in it.
 fn writable_dir(dir: &Path) -> bool {
+    // Unique per call: detections running at once in one process must not share a probe (the
+    // second `create_dir` of one name fails, and a controller would wrongly count as absent).
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if fs::create_dir_all(dir).is_err() {
         return false;
     }
-    let probe = dir.join(format!("probe-{}", std::process::id()));
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!("probe-{}-{n}", std::process::id()));
     let ok = fs::create_dir(&probe).is_ok();
     let _ = fs::remove_dir(&probe);
     ok
