@@ -6,8 +6,10 @@
 //! the store collects that list in a buffer and swaps it in only at the end (`InitDone`), but
 //! kube-runtime's own trigger fires on every listed object (`InitApply`) as it arrives. An object
 //! created while the watch was broken is therefore reconciled before the store holds it, the
-//! request is dropped, and no later event asks for it again: it is never reconciled. That is how
-//! Invocations were lost when the API server's watch expired under load.
+//! request is dropped, and no later event asks for it again: it is never reconciled. That is one
+//! of the two ways Invocations were lost when the API server's watch expired under load (the
+//! other was the standalone API server serving a paginated relist's later pages from the current
+//! state rather than the first page's version; `operator/tests/faults.rs` covers both).
 //!
 //! [`after_store`] holds the relisted objects back until the store has swapped them in, then
 //! triggers each one: every object the watch delivers is reconciled with the store holding it.

@@ -44,6 +44,21 @@ const HANDLER: &str = concat!(
     "    return {'n': event['n']}\n",
 );
 
+/// Deploys `echo` (the handler above) and waits until it is Ready; returns the file each run
+/// appends its invocation id to.
+async fn deploy_echo(platform: &Platform) -> std::path::PathBuf {
+    let executions = platform.dir.join("executions");
+    platform
+        .apply(&format!(
+            "apiVersion: kubefaas.io/v1alpha1\nkind: Function\nmetadata:\n  name: echo\nspec:\n  runtime: python\n  handler: main.handler\n  code:\n    inline: {}\n  env:\n    EXECUTIONS: {}\n  maxConcurrency: 16\n",
+            serde_json::to_string(HANDLER).unwrap(),
+            executions.display()
+        ))
+        .await;
+    platform.wait_phase("function/echo", "Ready").await;
+    executions
+}
+
 /// Sends `POST /invoke` for `n` until it is accepted; what a careful client does with 503, 429
 /// and a refused or cut connection (nothing was accepted, so sending again creates no duplicate).
 async fn submit(client: &reqwest::Client, base: &str, n: usize) -> Uuid {
@@ -94,15 +109,7 @@ async fn ten_thousand_accepted_invocations_all_succeed_through_process_redis_and
     let postgres = PrivatePostgres::start(scratch.join("postgres")).await;
     let mut platform = Platform::start_on(&postgres.url(), redis.url(), false).await;
     platform.start_executor().await;
-    let executions = platform.dir.join("executions");
-    platform
-        .apply(&format!(
-            "apiVersion: kubefaas.io/v1alpha1\nkind: Function\nmetadata:\n  name: echo\nspec:\n  runtime: python\n  handler: main.handler\n  code:\n    inline: {}\n  env:\n    EXECUTIONS: {}\n  maxConcurrency: 16\n",
-            serde_json::to_string(HANDLER).unwrap(),
-            executions.display()
-        ))
-        .await;
-    platform.wait_phase("function/echo", "Ready").await;
+    let executions = deploy_echo(&platform).await;
     let gateway = platform.start_gateway().await;
     let base = format!("http://{gateway}");
 
@@ -200,6 +207,102 @@ async fn ten_thousand_accepted_invocations_all_succeed_through_process_redis_and
     drop(platform);
     drop(postgres);
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// `Invocation` objects through the API server's watch expiring under load. The server keeps
+/// only 100 changes and cuts every watch after 2 s, and the operator is stopped (SIGSTOP) for a
+/// while now and then, so it keeps resuming from versions the server no longer has (410), and
+/// relists, in pages, while objects keep being created with names that sort anywhere. Every
+/// object must still run once and show its own result, and no reconcile request may name an
+/// object the operator's store lacks. The two ways objects were once lost here are pinned where
+/// they lived, deterministically: `operator/src/trigger.rs` (triggers ahead of the store) and
+/// `standalone/tests/kube_client.rs` (later pages of a list served from the current state). This
+/// test is the whole under load; on its own it would not catch either (a later relist heals a
+/// miss while watches keep expiring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_objects_all_run_while_the_operators_watch_keeps_expiring() {
+    const OBJECTS: usize = 1_200;
+    const BATCH: usize = 100;
+    let platform = Platform::start_configured(
+        &support::env("DATABASE_URL"),
+        support::env("REDIS_URL"),
+        false,
+        &["--history", "100", "--max-watch-seconds", "2"],
+    )
+    .await;
+    let executions = deploy_echo(&platform).await;
+
+    let operator = platform.operator.as_ref().unwrap().id().unwrap().to_string();
+    let signal = |name: &'static str| {
+        let operator = operator.clone();
+        async move {
+            let status =
+                tokio::process::Command::new("kill").args([name, &operator]).status().await;
+            assert!(status.unwrap().success(), "kill {name} {operator}");
+        }
+    };
+    for batch in 0..OBJECTS / BATCH {
+        // Names that sort anywhere among those already listed.
+        let manifests: String = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|n| {
+                let name = format!("w{}-{n}", &Uuid::new_v4().simple().to_string()[..6]);
+                format!("---\napiVersion: kubefaas.io/v1alpha1\nkind: Invocation\nmetadata:\n  name: {name}\nspec:\n  functionRef:\n    name: echo\n  payload: {{\"n\": {n}}}\n")
+            })
+            .collect();
+        let stop = batch % 3 == 1;
+        if stop {
+            signal("-STOP").await;
+        }
+        let path = platform.dir.join(format!("batch-{batch}.yaml"));
+        std::fs::write(&path, manifests).unwrap();
+        platform.kubectl_ok(&["create", "-f", path.to_str().unwrap()]).await;
+        if stop {
+            signal("-CONT").await;
+        }
+    }
+
+    // Every object ends Succeeded with its own result.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // One unpaged list: with so short a history, kubectl's own pages would expire too.
+        let listed = platform.kubectl_ok(&["get", "invocations", "-o", "json", "--chunk-size=0"]);
+        let listed: Value = serde_json::from_str(&listed.await).unwrap();
+        let items = listed["items"].as_array().unwrap();
+        assert_eq!(items.len(), OBJECTS);
+        let succeeded = items.iter().filter(|i| i["status"]["phase"] == "Succeeded").count();
+        if succeeded == OBJECTS {
+            for item in items {
+                assert_eq!(item["status"]["result"]["n"], item["spec"]["payload"]["n"], "{item}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {succeeded} of {OBJECTS} Invocations show Succeeded\n{}",
+            platform.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let operator_log = std::fs::read_dir(&platform.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("operator-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    let expired = operator_log.matches("too old resource version").count();
+    assert!(expired > 0, "the watch never expired, so this tested nothing:\n{operator_log}");
+    assert!(!operator_log.contains("not found in local store"), "{operator_log}");
+    let log = std::fs::read_to_string(&executions).unwrap();
+    let runs: Vec<&str> = log.lines().collect();
+    let distinct: BTreeSet<&str> = runs.iter().copied().collect();
+    assert_eq!(distinct.len(), OBJECTS, "every invocation ran");
+    eprintln!(
+        "{OBJECTS} Invocation objects, {expired} watch expiries seen by the operator, {} \
+         executions ({} repeated)",
+        runs.len(),
+        runs.len() - OBJECTS
+    );
 }
 
 /// Every invocation's status and result, by id.

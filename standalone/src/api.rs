@@ -4,7 +4,7 @@
 //!
 //! Everything here runs under the server's one lock, so each request is atomic.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
@@ -208,21 +208,38 @@ impl Cluster {
             .ok_or_else(|| ApiError::not_found(&rt.group_resource(), name))
     }
 
-    /// Matching objects, one page at a time, and the list's `resourceVersion`.
+    /// Matching objects, one page at a time, and the list's `resourceVersion`. Every page of
+    /// one list shows the objects as they were when its first page was served: the continue
+    /// token carries that version, later pages are rebuilt from the history, and a token older
+    /// than the history gets 410 Expired (the client lists afresh), as from a real API server.
     pub(crate) fn list(
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> ApiResult<(Vec<Value>, String, Option<String>)> {
-        let after = match &opts.continue_token {
-            Some(token) => Some(decode_continue(token)?),
-            None => None,
+        let ns = if rt.namespaced { namespace } else { None };
+        let (objects, after, at) = match &opts.continue_token {
+            None => {
+                let objects: BTreeMap<_, _> =
+                    self.store.list(&rt.storage_group, &rt.plural, ns).collect();
+                (objects, None, self.store.rv())
+            }
+            Some(token) => {
+                let (after_ns, after_name, at) = decode_continue(token)?;
+                let objects =
+                    self.store.list_at(&rt.storage_group, &rt.plural, ns, at).ok_or_else(|| {
+                        ApiError::expired(format!(
+                            "the continue token names resourceVersion {at}, which is older than \
+                             the history kept; list again without it"
+                        ))
+                    })?;
+                (objects, Some((after_ns, after_name)), at)
+            }
         };
         let mut items = Vec::new();
         let mut next = None;
-        let ns = if rt.namespaced { namespace } else { None };
-        for (k, obj) in self.store.list(&rt.storage_group, &rt.plural, ns) {
+        for (k, obj) in objects {
             if after.as_ref().is_some_and(|(ans, aname)| (&k.namespace, &k.name) <= (ans, aname)) {
                 continue;
             }
@@ -235,13 +252,14 @@ impl Cluster {
                     encode_continue(
                         meta_str(last, "namespace").unwrap_or_default(),
                         meta_str(last, "name").unwrap_or_default(),
+                        at,
                     )
                 });
                 break;
             }
             items.push(obj);
         }
-        Ok((items, self.store.rv().to_string(), next))
+        Ok((items, at.to_string(), next))
     }
 
     fn check_namespace(&self, rt: &ResourceType, namespace: Option<&str>) -> ApiResult<()> {
@@ -752,7 +770,7 @@ fn apply_conflict_message(conflicts: &[apply::Conflict]) -> String {
             only.manager, only.field
         );
     }
-    let mut by_manager: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let mut by_manager: BTreeMap<&str, Vec<&str>> = Default::default();
     for conflict in conflicts {
         by_manager.entry(&conflict.manager).or_default().push(&conflict.field);
     }
@@ -938,12 +956,13 @@ fn parse_yaml_or_json(body: &[u8]) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
-fn encode_continue(namespace: &str, name: &str) -> String {
-    let raw = json!([namespace, name]).to_string();
+/// A continue token: the last key served and the list's `resourceVersion`, as hex of JSON.
+fn encode_continue(namespace: &str, name: &str, rv: u64) -> String {
+    let raw = json!([namespace, name, rv]).to_string();
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_continue(token: &str) -> ApiResult<(String, String)> {
+fn decode_continue(token: &str) -> ApiResult<(String, String, u64)> {
     let bad = || ApiError::bad_request("continue key is not valid");
     if !token.len().is_multiple_of(2) {
         return Err(bad());
@@ -952,7 +971,7 @@ fn decode_continue(token: &str) -> ApiResult<(String, String)> {
         .step_by(2)
         .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect();
-    let parsed: (String, String) =
+    let parsed: (String, String, u64) =
         serde_json::from_slice(&bytes.ok_or_else(bad)?).map_err(|_| bad())?;
     Ok(parsed)
 }

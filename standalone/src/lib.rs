@@ -50,6 +50,11 @@ pub struct Config {
     pub history: usize,
     /// How often watches that allow bookmarks receive one.
     pub bookmark_interval: Duration,
+    /// Ends every watch after at most this long, whatever `timeoutSeconds` its client asked
+    /// for. A fault-injection knob: clients must resume cut watches (a real API server lets a
+    /// watch run its `timeoutSeconds`, but proxies and restarts cut them sooner). `None` (the
+    /// default) honours the client.
+    pub max_watch: Option<Duration>,
     /// Also run the node agent ([`node::NodeAgent`]) with this configuration ([`run`] only;
     /// in-process users start it themselves with [`ApiServer::client`]).
     pub node_agent: Option<node::NodeConfig>,
@@ -63,6 +68,7 @@ impl Default for Config {
             kubeconfig: None,
             history: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            max_watch: None,
             node_agent: None,
         }
     }
@@ -96,6 +102,7 @@ impl ApiServer {
             cluster: Mutex::new(api::Cluster { store, registry, orphaned: Vec::new() }),
             address: addr.to_string(),
             bookmark_interval: config.bookmark_interval,
+            max_watch: config.max_watch,
             stopping: tokio::sync::watch::Sender::new(false),
         });
         let stopping = state.stopping.clone();

@@ -34,6 +34,8 @@ pub(crate) struct AppState {
     pub(crate) address: String,
     /// How often watches that asked for bookmarks get one.
     pub(crate) bookmark_interval: Duration,
+    /// The longest any watch runs ([`crate::Config::max_watch`]).
+    pub(crate) max_watch: Option<Duration>,
     /// Set to `true` on shutdown, which ends open watches.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -445,8 +447,12 @@ async fn watch(
     let include = include_object(query);
     let bookmarks = query.flag("allowWatchBookmarks");
     let send_initial = query.flag("sendInitialEvents");
-    let timeout =
+    let asked =
         query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+    let timeout = match (asked, app.max_watch) {
+        (Some(asked), Some(max)) => Some(asked.min(max)),
+        (asked, max) => asked.or(max),
+    };
     let ns = if rt.namespaced { ns.map(str::to_owned) } else { None };
     let rv = query.get("resourceVersion").filter(|r| !r.is_empty() && *r != "0");
     let render = {

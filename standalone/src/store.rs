@@ -68,8 +68,9 @@ pub(crate) struct Event {
     pub(crate) key: Key,
     /// The object after the change (before removal for deletes, with the new version).
     pub(crate) object: Arc<Value>,
-    /// The object before a modification, so selector-filtered watches can tell when an
-    /// object enters or leaves their selection.
+    /// The object before a modification or removal (as it was stored), so selector-filtered
+    /// watches can tell when an object enters or leaves their selection and a paginated list
+    /// can be served from one past version.
     pub(crate) previous: Option<Arc<Value>>,
 }
 
@@ -263,6 +264,44 @@ impl Store {
         })
     }
 
+    /// Objects of one group/resource as they were at `rv`, rebuilt from today's by undoing the
+    /// later changes in the history: what the next page of a paginated list is served from, so
+    /// that all its pages show one version, as a real API server's do. `None` when history back
+    /// to `rv` has been dropped (the caller answers 410).
+    pub(crate) fn list_at<'a>(
+        &'a self,
+        group: &'a str,
+        resource: &'a str,
+        namespace: Option<&'a str>,
+        rv: u64,
+    ) -> Option<BTreeMap<&'a Key, &'a Value>> {
+        if rv < self.oldest_resumable() || rv > self.rv {
+            return None;
+        }
+        let mut objects: BTreeMap<&Key, &Value> = self.list(group, resource, namespace).collect();
+        let ours = |k: &Key| {
+            k.group == group
+                && k.resource == resource
+                && namespace.is_none_or(|ns| k.namespace == ns)
+        };
+        for event in self.history.iter().rev().take_while(|e| e.rv > rv) {
+            if !ours(&event.key) {
+                continue;
+            }
+            match (event.kind, event.previous.as_deref()) {
+                (EventType::Added, _) => {
+                    objects.remove(&event.key);
+                }
+                (_, Some(before)) => {
+                    objects.insert(&event.key, before);
+                }
+                // Modifications and removals always record what they replaced.
+                (_, None) => {}
+            }
+        }
+        Some(objects)
+    }
+
     /// Every object (for garbage collection and namespace cleanup).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
         self.objects.iter()
@@ -286,8 +325,9 @@ impl Store {
 
     /// Removes an object; the returned copy carries the deletion's `resourceVersion`.
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Value> {
-        let mut object = self.objects.remove(key)?;
-        self.index(key, Some(&object), None);
+        let stored = self.objects.remove(key)?;
+        self.index(key, Some(&stored), None);
+        let mut object = stored.clone();
         self.rv += 1;
         let rv = self.rv;
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -299,7 +339,7 @@ impl Store {
             kind: EventType::Deleted,
             key: key.clone(),
             object: Arc::new(object.clone()),
-            previous: None,
+            previous: Some(Arc::new(stored)),
         });
         self.maybe_compact();
         Some(object)

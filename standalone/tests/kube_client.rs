@@ -183,6 +183,33 @@ async fn watch_from_a_version_older_than_the_history_gets_410() {
     assert!(matches!(event, WatchEvent::Deleted(cm) if cm.name_any() == "cm0"));
 }
 
+/// `max_watch` cuts every watch at the server's limit, however long the client asked for, so
+/// tests can make clients resume (and, with a short history, relist) under load.
+#[tokio::test]
+async fn a_watch_ends_at_the_servers_limit_whatever_its_client_asked_for() {
+    let h = Harness::start_with(Config {
+        max_watch: Some(Duration::from_secs(1)),
+        ..Config::default()
+    })
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut stream = api.watch(&WatchParams::default().timeout(290), &rv).await.unwrap().boxed();
+    api.create(&PostParams::default(), &config_map("during", "v")).await.unwrap();
+    let ended = tokio::time::timeout(common::PATIENCE, async {
+        let mut names = Vec::new();
+        while let Some(event) = stream.next().await {
+            if let WatchEvent::Added(cm) = event.unwrap() {
+                names.push(cm.name_any());
+            }
+        }
+        names
+    })
+    .await
+    .expect("the watch ends long before the 290 s its client asked for");
+    assert_eq!(ended, ["during"], "it served its events until it ended");
+}
+
 #[tokio::test]
 async fn watch_sends_bookmarks_when_asked() {
     let h = Harness::start_with(Config {
@@ -264,6 +291,82 @@ async fn dynamic_objects_and_paginated_lists() {
         .unwrap();
     assert_eq!(deleted.left().map(|l| l.items.len()), Some(4));
     assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 1);
+}
+
+fn config_map(name: &str, value: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"v": value}})).unwrap()
+}
+
+/// Every page of one list shows the objects as they were when the first page was served, and
+/// a watch from the list's version delivers everything that changed since — including objects
+/// created, changed or deleted in pages already served. (The server once served each page from
+/// the current state under the current version: an object created mid-list before the cursor
+/// was in no page and in no watch, and the operator never reconciled it.)
+#[tokio::test]
+async fn a_paginated_list_is_one_snapshot_and_a_watch_from_it_misses_nothing() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    for name in ["b", "d", "f", "h"] {
+        api.create(&PostParams::default(), &config_map(name, "old")).await.unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let at = first.metadata.resource_version.clone().unwrap();
+    assert_eq!(first.items.iter().map(ResourceExt::name_any).collect::<Vec<_>>(), ["b", "d"]);
+
+    // Meanwhile: a new object before the cursor and one after it, a change and a removal in
+    // the page still to come.
+    api.create(&PostParams::default(), &config_map("a", "new")).await.unwrap();
+    api.create(&PostParams::default(), &config_map("g", "new")).await.unwrap();
+    api.patch("f", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "changed"}})))
+        .await
+        .unwrap();
+    api.delete("h", &DeleteParams::default()).await.unwrap();
+
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = api.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(second.metadata.resource_version.as_deref(), Some(at.as_str()));
+    let rest: Vec<(String, String)> = second
+        .items
+        .iter()
+        .map(|cm| (cm.name_any(), cm.data.as_ref().unwrap()["v"].clone()))
+        .collect();
+    assert_eq!(rest, [("f".to_owned(), "old".to_owned()), ("h".to_owned(), "old".to_owned())]);
+    assert!(second.metadata.continue_.is_none_or(|t| t.is_empty()), "h was the last object");
+
+    // The watch from the list's version replays what happened meanwhile, in order.
+    let mut stream = api.watch(&WatchParams::default().timeout(5), &at).await.unwrap().boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event =
+            tokio::time::timeout(common::PATIENCE, stream.next()).await.unwrap().unwrap().unwrap();
+        seen.push(match event {
+            WatchEvent::Added(cm) => format!("added {}", cm.name_any()),
+            WatchEvent::Modified(cm) => format!("modified {}", cm.name_any()),
+            WatchEvent::Deleted(cm) => format!("deleted {}", cm.name_any()),
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(seen, ["added a", "added g", "modified f", "deleted h"]);
+}
+
+/// A continue token whose version has left the history cannot be served as one snapshot: the
+/// client is told to list afresh (410 Expired), as a real API server tells it after compaction.
+#[tokio::test]
+async fn continuing_a_list_older_than_the_history_gets_410() {
+    let h = Harness::start_with(Config { history: 3, ..Config::default() }).await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client(), "default");
+    for name in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &config_map(name, "old")).await.unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = first.metadata.continue_.unwrap();
+    for i in 0..4 {
+        api.create(&PostParams::default(), &config_map(&format!("x{i}"), "new")).await.unwrap();
+    }
+    let error = api.list(&ListParams::default().limit(1).continue_token(&token)).await.unwrap_err();
+    assert_eq!(status_code(&error), (410, "Expired".to_owned()));
+    let fresh = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(fresh.items.len(), 7);
 }
 
 #[tokio::test]

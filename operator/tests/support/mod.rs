@@ -63,6 +63,8 @@ pub(crate) struct Platform {
     /// With the node agent and the executor's kubernetes backend: where pods live (short, for
     /// the unix socket paths below it).
     pub(crate) node_dir: Option<PathBuf>,
+    /// Extra flags of `kubefaas-apiserver` (its history and watch limits).
+    pub(crate) apiserver_args: Vec<String>,
 }
 
 impl Platform {
@@ -77,6 +79,16 @@ impl Platform {
 
     /// On the PostgreSQL server of `database_url` (in a schema of its own) and `redis_url`.
     pub(crate) async fn start_on(database_url: &str, redis_url: String, kubernetes: bool) -> Self {
+        Self::start_configured(database_url, redis_url, kubernetes, &[]).await
+    }
+
+    /// As [`Platform::start_on`], with extra `kubefaas-apiserver` flags.
+    pub(crate) async fn start_configured(
+        database_url: &str,
+        redis_url: String,
+        kubernetes: bool,
+        apiserver_args: &[&str],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("kubefaas-e2e-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let schema = format!("e2e_{}", Uuid::new_v4().simple());
@@ -96,6 +108,7 @@ impl Platform {
                 std::env::temp_dir()
                     .join(format!("kfe-{}", &Uuid::new_v4().simple().to_string()[..8]))
             }),
+            apiserver_args: apiserver_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         platform.apiserver = Some(platform.start_apiserver().await);
         platform.kubectl_ok(&["apply", "-f", repo().join("crds").to_str().unwrap()]).await;
@@ -120,6 +133,7 @@ impl Platform {
         if let Some(node_dir) = &self.node_dir {
             command.args(["--node-agent", "--node-dir"]).arg(node_dir);
         }
+        command.args(&self.apiserver_args);
         let mut child = command
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

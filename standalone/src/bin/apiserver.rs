@@ -29,6 +29,14 @@ struct Args {
     /// else in the system's temporary directory).
     #[arg(long, requires = "node_agent")]
     node_dir: Option<PathBuf>,
+    /// How many changes are kept for watches and paginated lists to resume from; a client
+    /// further behind gets 410 Expired and lists again.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    history: u64,
+    /// End every watch after at most this many seconds, whatever its client asked for: a
+    /// fault-injection knob for testing how clients resume (unset: honour `timeoutSeconds`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watch_seconds: Option<u64>,
 }
 
 #[tokio::main]
@@ -51,6 +59,8 @@ async fn main() -> ExitCode {
         listen: args.listen,
         data_dir: args.data_dir,
         kubeconfig: args.kubeconfig,
+        history: usize::try_from(args.history).unwrap_or(usize::MAX),
+        max_watch: args.max_watch_seconds.map(std::time::Duration::from_secs),
         ..Default::default()
     };
     match kubefaas_standalone::run(config).await {
