@@ -31,37 +31,60 @@ function errorOf(err) {
   return { type: typeof err, message, stack: null };
 }
 
+// An error loading the handler, typed as AWS Lambda's node runtime types it.
+function initError(type, message, cause) {
+  const err = new Error(message);
+  err.name = type;
+  if (cause?.stack) err.stack = cause.stack;
+  return err;
+}
+
+const MODULE_NOT_FOUND = new Set(['MODULE_NOT_FOUND', 'ERR_MODULE_NOT_FOUND']);
+
+// Requires or imports the handler's module; what fails to resolve or parse gets AWS's
+// `Runtime.*` type, any other error thrown while the module runs keeps its own.
+async function importModule(base, file) {
+  try {
+    if (fs.existsSync(base + '.mjs')) return await import(pathToFileURL(base + '.mjs').href);
+    if (fs.existsSync(base + '.cjs')) return createRequire(base + '.cjs')(base + '.cjs');
+    if (fs.existsSync(base + '.js')) {
+      try {
+        return createRequire(base + '.js')(base + '.js');
+      } catch (err) {
+        // A .js file in a "type": "module" package is ESM.
+        if (err && err.code === 'ERR_REQUIRE_ESM') return await import(pathToFileURL(base + '.js').href);
+        throw err;
+      }
+    }
+  } catch (err) {
+    if (err && MODULE_NOT_FOUND.has(err.code)) {
+      throw initError('Runtime.ImportModuleError', `${err.name}: ${err.message}`, err);
+    }
+    if (err instanceof SyntaxError) {
+      throw initError('Runtime.UserCodeSyntaxError', `SyntaxError: ${err.message}`, err);
+    }
+    throw err;
+  }
+  throw initError('Runtime.ImportModuleError',
+    `Error: Cannot find module '${file}': no ${file}.js, ${file}.mjs or ${file}.cjs in the function code`);
+}
+
 async function loadHandler(codeDir, spec) {
   const dot = spec.lastIndexOf('.');
-  if (dot <= 0 || dot === spec.length - 1) throw new Error(`handler must be file.export, got ${JSON.stringify(spec)}`);
+  if (dot <= 0 || dot === spec.length - 1) {
+    throw initError('Runtime.MalformedHandlerName', `Bad handler ${JSON.stringify(spec)}: the handler must be file.export`);
+  }
   const file = spec.slice(0, dot);
   const name = spec.slice(dot + 1);
   const base = path.resolve(codeDir, file);
-  if (!base.startsWith(path.resolve(codeDir) + path.sep)) throw new Error(`handler ${spec} points outside the code`);
-  let mod;
-  if (fs.existsSync(base + '.mjs')) {
-    mod = await import(pathToFileURL(base + '.mjs').href);
-  } else if (fs.existsSync(base + '.cjs')) {
-    mod = createRequire(base + '.cjs')(base + '.cjs');
-  } else if (fs.existsSync(base + '.js')) {
-    try {
-      mod = createRequire(base + '.js')(base + '.js');
-    } catch (err) {
-      // A .js file in a "type": "module" package is ESM.
-      if (err && err.code === 'ERR_REQUIRE_ESM') mod = await import(pathToFileURL(base + '.js').href);
-      else throw err;
-    }
-  } else {
-    const err = new Error(`cannot find ${file}.js, ${file}.mjs or ${file}.cjs in the function code`);
-    err.name = 'ImportModuleError';
-    throw err;
+  if (!base.startsWith(path.resolve(codeDir) + path.sep)) {
+    throw initError('Runtime.MalformedHandlerName', `Bad handler ${JSON.stringify(spec)}: it points outside the code`);
   }
+  const mod = await importModule(base, file);
   let fn = mod?.[name];
   if (fn === undefined && mod?.default && typeof mod.default === 'object') fn = mod.default[name];
   if (typeof fn !== 'function') {
-    const err = new Error(`${file} does not export a function named ${name}`);
-    err.name = 'HandlerNotFound';
-    throw err;
+    throw initError('Runtime.HandlerNotFound', `${spec} is undefined or not exported`);
   }
   return fn;
 }

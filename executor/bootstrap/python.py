@@ -86,6 +86,56 @@ def error_of(exc, skip_frames=0):
     return {"type": type(exc).__name__, "message": message, "stack": stack}
 
 
+class InitError(Exception):
+    """A handler that cannot be loaded, typed as AWS Lambda's python runtime types it."""
+
+    def __init__(self, kind, message, cause=None):
+        super().__init__(message)
+        self.kind = kind
+        self.cause = cause
+
+
+def load_handler(spec):
+    """The handler named `module.function`, imported; raises InitError for the failures AWS
+    gives a `Runtime.*` type, and lets any other exception raised by the module propagate."""
+    module_name, _, func_name = spec.rpartition(".")
+    if not module_name or not func_name:
+        raise InitError(
+            "Runtime.MalformedHandlerName",
+            "Bad handler '%s': the handler must be module.function" % spec,
+        )
+    try:
+        module = importlib.import_module(module_name.replace("/", "."))
+    except ImportError as exc:
+        raise InitError(
+            "Runtime.ImportModuleError",
+            "Unable to import module '%s': %s" % (module_name, exc),
+            exc,
+        ) from exc
+    except SyntaxError as exc:
+        raise InitError(
+            "Runtime.UserCodeSyntaxError",
+            "Syntax error in module '%s': %s" % (module_name, exc),
+            exc,
+        ) from exc
+    handler = getattr(module, func_name, None)
+    if not callable(handler):
+        raise InitError(
+            "Runtime.HandlerNotFound",
+            "Handler '%s' missing on module '%s'" % (func_name, module_name),
+        )
+    return handler
+
+
+def init_error_of(exc):
+    """The structured error of a failed load: a `Runtime.*` type with the stack of its cause,
+    or the user's own exception raised while the module ran."""
+    if isinstance(exc, InitError):
+        error = error_of(exc.cause, skip_frames=1) if exc.cause else {"stack": None}
+        return {"type": exc.kind, "message": str(exc), "stack": error["stack"]}
+    return error_of(exc, skip_frames=2)
+
+
 def end_logs(marker):
     # The user's output must reach the pipe before the marker does.
     for stream in (sys.stdout, sys.stderr):
@@ -111,19 +161,11 @@ def main():
     marker = init["marker"].encode("utf-8")
     code_dir = init["code_dir"]
     sys.path.insert(0, code_dir)
-    module_name, _, func_name = init["handler"].rpartition(".")
     try:
-        if not module_name or not func_name:
-            raise ValueError("handler must be module.function, got %r" % init["handler"])
-        module = importlib.import_module(module_name)
-        handler = getattr(module, func_name, None)
-        if not callable(handler):
-            raise AttributeError(
-                "module %r has no function %r" % (module_name, func_name)
-            )
+        handler = load_handler(init["handler"])
     except BaseException as exc:  # noqa: B036 - a SystemExit at import is an init error too
         end_logs(marker)
-        send({"type": "init_error", "error": error_of(exc, skip_frames=1)})
+        send({"type": "init_error", "error": init_error_of(exc)})
         return
     end_logs(marker)
     send({"type": "ready"})

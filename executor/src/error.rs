@@ -77,6 +77,10 @@ pub mod error_types {
     pub const RUNTIME_EXITED: &str = "RuntimeExited";
     /// The handler name cannot be used for the language (e.g. not a Go identifier).
     pub const INIT_FAILED: &str = "InitFailed";
+    /// The prefix of the types the python and node runtimes give a handler that cannot load, as
+    /// AWS Lambda's do: `Runtime.ImportModuleError`, `Runtime.UserCodeSyntaxError`,
+    /// `Runtime.HandlerNotFound`, `Runtime.MalformedHandlerName`.
+    pub const RUNTIME_LOAD_PREFIX: &str = "Runtime.";
     /// The function's code cannot be used (a broken archive, an unsafe path, over the size
     /// limit).
     pub const INVALID_CODE: &str = "InvalidCode";

@@ -366,7 +366,11 @@ impl Instance {
                 let mut error = r.error.unwrap_or_else(|| {
                     platform_error(error_types::INIT_FAILED, "the handler failed to load")
                 });
-                error.message = format!("loading handler {}: {}", spec.handler, error.message);
+                // The runtime's own load failures (`Runtime.*`, as AWS types them) already say
+                // what failed; an error the module raised gets the context.
+                if !error.type_.starts_with(error_types::RUNTIME_LOAD_PREFIX) {
+                    error.message = format!("loading handler {}: {}", spec.handler, error.message);
+                }
                 let logs = pending.logs.next_segment(SETTLE).await;
                 pending.kill().await;
                 return Ok(Err(StartFailure { error, logs, duration: started.elapsed() }));

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::driver::{Driver, FunctionSpec, StartOutcome};
 use crate::error::Error;
-use crate::instance::{Instance, Invocation, Request};
+use crate::instance::{Instance, Invocation, Request, StartFailure};
 
 /// Scaling settings of one function (a Function's `spec.scaling`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,12 +171,13 @@ impl Pool {
     }
 
     /// Starts instances until the function has `min_warm` of them (idle or busy). Returns how
-    /// many were started. Instances that fail to load are not kept.
+    /// many were started, or why the first that failed to load did not (instances that fail to
+    /// load are not kept, and no further start is tried).
     pub async fn ensure_warm(
         &self,
         spec: Arc<FunctionSpec>,
         scaling: Scaling,
-    ) -> Result<usize, Error> {
+    ) -> Result<Result<usize, StartFailure>, Error> {
         let pool = self.function(spec, scaling);
         let mut started = 0;
         while pool.idle().len() + pool.busy() < pool.scaling.min_warm {
@@ -189,12 +190,12 @@ impl Pool {
                 }
                 Err(failure) => {
                     tracing::warn!(function = %pool.spec.name, error = ?failure.error, "warm instance failed to start");
-                    break;
+                    return Ok(Err(failure));
                 }
             }
             drop(permit);
         }
-        Ok(started)
+        Ok(Ok(started))
     }
 
     /// Stops instances idle for longer than their function's idle timeout, keeping `min_warm`

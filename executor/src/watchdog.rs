@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -170,6 +170,8 @@ struct AppState {
     pool: Pool,
     spec: Arc<FunctionSpec>,
     default_timeout: Duration,
+    /// Why the handler did not load, once it failed to (see [`healthz`]).
+    load_failure: Mutex<Option<InvocationError>>,
 }
 
 const SCALING: Scaling =
@@ -198,8 +200,13 @@ pub async fn run(
     let pool = Pool::new(Driver::new(driver_config)?);
     let spec = Arc::new(spec);
     // Warm before serving, so a ready pod answers its first invocation warm.
-    pool.ensure_warm(Arc::clone(&spec), SCALING).await?;
-    let state = Arc::new(AppState { pool, spec, default_timeout: config.default_timeout });
+    let load_failure = pool.ensure_warm(Arc::clone(&spec), SCALING).await?.err().map(|f| f.error);
+    let state = Arc::new(AppState {
+        pool,
+        spec,
+        default_timeout: config.default_timeout,
+        load_failure: Mutex::new(load_failure),
+    });
     let app = router(Arc::clone(&state));
     tracing::info!(addr = ?listener.local_addr().ok(), function = %config.function_name, "watchdog listening");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(Error::Control)?;
@@ -214,9 +221,24 @@ fn router(state: Arc<AppState>) -> Router {
 
 /// 200 when an instance is warm or busy. An instance that was killed (timeout, crash) is
 /// replaced here rather than on the next invocation, so probes keep the pod warm.
+///
+/// Code that does not load (an import error, a syntax error, no such handler) cannot load in
+/// this pod ever: its code does not change. The pod is then Ready all the same, so invocations
+/// reach it and fail at once with the load error and what the module printed, rather than
+/// waiting for a pod that never becomes Ready; the body says why.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    if let Err(e) = state.pool.ensure_warm(Arc::clone(&state.spec), SCALING).await {
-        tracing::warn!(error = %e, "no instance could be started");
+    let known = state.load_failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some(error) = known {
+        let body = format!("the handler does not load: {}: {}", error.type_, error.message);
+        return (StatusCode::OK, body).into_response();
+    }
+    match state.pool.ensure_warm(Arc::clone(&state.spec), SCALING).await {
+        Ok(Err(failure)) => {
+            *state.load_failure.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(failure.error);
+        }
+        Err(e) => tracing::warn!(error = %e, "no instance could be started"),
+        Ok(Ok(_)) => {}
     }
     if state.pool.instances(&state.spec.name) > 0 {
         (StatusCode::OK, "ok").into_response()

@@ -119,6 +119,7 @@ impl Backend for Arc<Pool> {
             return;
         }
         let spec = Arc::clone(&function.spec);
+        // A load failure is logged by the pool and reported by the next invocation.
         if let Err(error) = self.ensure_warm(spec, function.scaling).await {
             tracing::warn!(function = %function.spec.pool_key(), %error, "starting warm instances failed");
         }
@@ -694,18 +695,19 @@ fn is_platform_failure(error: &kubefaas_core::resources::InvocationError) -> boo
     [error_types::INSTANCE_START_FAILED, error_types::PROTOCOL].contains(&error.type_.as_str())
 }
 
-/// Failures that retrying cannot fix whatever the policy says: the code does not load or build,
-/// or the result cannot be delivered.
+/// Failures that retrying cannot fix whatever the policy says: the code does not load or build
+/// (including the runtimes' `Runtime.*` load failures), or the result cannot be delivered.
 fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
-    [
-        error_types::INIT_FAILED,
-        error_types::INVALID_CODE,
-        error_types::BUILD_FAILED,
-        error_types::RESULT_NOT_SERIALIZABLE,
-        error_types::RESULT_TOO_LARGE,
-        "FunctionNotFound",
-    ]
-    .contains(&error.type_.as_str())
+    error.type_.starts_with(error_types::RUNTIME_LOAD_PREFIX)
+        || [
+            error_types::INIT_FAILED,
+            error_types::INVALID_CODE,
+            error_types::BUILD_FAILED,
+            error_types::RESULT_NOT_SERIALIZABLE,
+            error_types::RESULT_TOO_LARGE,
+            "FunctionNotFound",
+        ]
+        .contains(&error.type_.as_str())
 }
 
 /// The announcement of a finished row: where it came from (so the operator need not read the
@@ -774,7 +776,12 @@ mod tests {
     #[test]
     fn timeouts_and_broken_code_are_never_retried() {
         let cap = Duration::from_secs(300);
-        for kind in [error_types::TIMED_OUT, error_types::INIT_FAILED, error_types::BUILD_FAILED] {
+        for kind in [
+            error_types::TIMED_OUT,
+            error_types::INIT_FAILED,
+            error_types::BUILD_FAILED,
+            "Runtime.ImportModuleError",
+        ] {
             assert_eq!(
                 decide_retry(&platform_error(kind, "x"), 1, 5, &policy(true), cap),
                 None,

@@ -360,18 +360,46 @@ export const handler = async (event) => {
 async fn handler_that_fails_to_load_is_a_structured_start_failure_with_its_logs() {
     let spec = python("broken", "print('loading...')\nimport does_not_exist\n");
     let failure = driver().start(Arc::new(spec)).await.unwrap().unwrap_err();
-    assert_eq!(failure.error.type_, "ModuleNotFoundError");
-    assert!(failure.error.message.contains("does_not_exist"), "{:?}", failure.error);
+    assert_eq!(failure.error.type_, "Runtime.ImportModuleError");
+    assert_eq!(
+        failure.error.message,
+        "Unable to import module 'main': No module named 'does_not_exist'"
+    );
     assert!(failure.error.stack.unwrap().contains("main.py"));
     assert!(failure.logs.text.contains("loading..."));
 
+    let syntax = python("syntax", "def handler(event, context)\n    return 1\n");
+    let failure = driver().start(Arc::new(syntax)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, "Runtime.UserCodeSyntaxError");
+    assert!(failure.error.message.starts_with("Syntax error in module 'main': "), "{failure:?}");
+
     let missing = python("no-handler", "def other(event, context):\n    return 1\n");
     let failure = driver().start(Arc::new(missing)).await.unwrap().unwrap_err();
-    assert_eq!(failure.error.type_, "AttributeError");
+    assert_eq!(failure.error.type_, "Runtime.HandlerNotFound");
+    assert_eq!(failure.error.message, "Handler 'handler' missing on module 'main'");
+
+    // An exception the module itself raises keeps its type, with where it was loaded.
+    let raising = python("raising", "raise KeyError('SETTING')\n");
+    let failure = driver().start(Arc::new(raising)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, "KeyError");
+    assert!(failure.error.message.contains("main.handler"), "{:?}", failure.error);
 
     let node_missing = node("index.handler", "index.js", "exports.other = () => 1;\n");
     let failure = driver().start(Arc::new(node_missing)).await.unwrap().unwrap_err();
-    assert_eq!(failure.error.type_, "HandlerNotFound");
+    assert_eq!(failure.error.type_, "Runtime.HandlerNotFound");
+    assert_eq!(failure.error.message, "index.handler is undefined or not exported");
+
+    // A require of a file that is not in the package fails at once, naming it.
+    let node_require = node("index.handler", "index.js", "require('./helpers');\n");
+    let failure = driver().start(Arc::new(node_require)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, "Runtime.ImportModuleError");
+    assert!(failure.error.message.contains("Cannot find module './helpers'"), "{failure:?}");
+    assert!(failure.duration < driver().config().init_timeout, "{:?}", failure.duration);
+
+    let node_syntax = node("index.handler", "index.mjs", "export const handler = async ( => 1;\n");
+    let failure = driver().start(Arc::new(node_syntax)).await.unwrap().unwrap_err();
+    assert_eq!(failure.error.type_, "Runtime.UserCodeSyntaxError");
+    assert!(failure.error.message.starts_with("SyntaxError: "), "{failure:?}");
 }
 
 #[tokio::test]

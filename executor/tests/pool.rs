@@ -51,7 +51,7 @@ async fn min_warm_instances_are_started_ahead_and_survive_reaping() {
     let pool = Pool::new(driver());
     let spec = Arc::new(python("pool-warm", SLEEPER));
     let scaling = Scaling { min_warm: 1, max_instances: 3, idle_timeout: Duration::ZERO };
-    assert_eq!(pool.ensure_warm(Arc::clone(&spec), scaling).await.unwrap(), 1);
+    assert_eq!(pool.ensure_warm(Arc::clone(&spec), scaling).await.unwrap().unwrap(), 1);
     assert_eq!(pool.idle_instances("pool-warm"), 1);
     let invocation = pool.invoke(Arc::clone(&spec), scaling, &request(json!({}))).await.unwrap();
     assert!(!invocation.metrics.cold_start, "the warm instance served the first call");

@@ -96,6 +96,31 @@ async fn memory_hog_fails_out_of_memory(platform: &Platform) {
     assert_eq!(oom["status"]["error"]["type"], "OutOfMemory", "{}", oom["status"]);
 }
 
+/// A node function whose module requires a file that is not in its package fails its
+/// invocation with `Runtime.ImportModuleError` naming the file and with what the module printed,
+/// rather than waiting (on the kubernetes backend: for a pod whose handler never loads to become
+/// Ready, until the pod start timeout of 300 s here).
+async fn code_that_does_not_load_fails_at_once_saying_why(platform: &Platform) {
+    platform
+        .apply(&function(
+            "unloadable",
+            "nodejs",
+            "index.handler",
+            "console.log('loading helpers');\nconst helpers = require('./helpers');\nexports.handler = async () => helpers.answer;",
+            "",
+        ))
+        .await;
+    platform.wait_phase("function/unloadable", "Ready").await;
+    platform.invoke("unloadable-once", "unloadable", "{}").await;
+    let failed = platform.wait_phase("invocation/unloadable-once", "Failed").await;
+    let status = &failed["status"];
+    assert_eq!(status["error"]["type"], "Runtime.ImportModuleError", "{status}");
+    let message = status["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Cannot find module './helpers'"), "{status}");
+    assert!(status["logs"].as_str().unwrap().contains("loading helpers"), "{status}");
+    assert_eq!(status["attempts"], 1, "a load failure is not retried: {status}");
+}
+
 /// A Function's `envFrom` reaches its handler as a pod's does: the keys of a ConfigMap and of a
 /// Secret (written with `stringData`, prefixed), `env` winning over both, names that are not
 /// variables skipped. One whose Secret is missing fails saying so, and runs once it exists.
@@ -141,9 +166,10 @@ async fn env_from_secrets_and_config_maps_reach_the_function(platform: &Platform
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn env_from_works_on_the_local_backend() {
+async fn env_from_and_load_failures_work_on_the_local_backend() {
     let platform = Platform::start().await;
     env_from_secrets_and_config_maps_reach_the_function(&platform).await;
+    code_that_does_not_load_fails_at_once_saying_why(&platform).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,6 +546,7 @@ async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the
 
     // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
     memory_hog_fails_out_of_memory(&platform).await;
+    code_that_does_not_load_fails_at_once_saying_why(&platform).await;
 
     // envFrom: the pod carries it, and the node agent reads it as a kubelet does.
     env_from_secrets_and_config_maps_reach_the_function(&platform).await;
