@@ -50,6 +50,8 @@ struct Flags {
     /// Seconds a synchronous invocation may hold the request before a 504 with its id.
     #[arg(long, env = "KUBEFAAS_SYNC_TIMEOUT_SECONDS", default_value_t = 60)]
     sync_timeout_seconds: u64,
+    #[command(flatten)]
+    limits: kubefaas_core::validation::LimitFlags,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -134,6 +136,13 @@ async fn main() -> ExitCode {
     config.max_backlog = (flags.max_backlog > 0).then_some(flags.max_backlog);
     config.function_wait = Duration::from_secs(flags.function_wait_seconds);
     config.sync_timeout = Duration::from_secs(flags.sync_timeout_seconds);
+    config.limits = match flags.limits.limits() {
+        Ok(limits) => limits,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     if config.auth == AuthMode::None {
         tracing::warn!(
             "authentication is OFF (--auth none): anyone who reaches the gateway may do anything"

@@ -13,7 +13,6 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use kubefaas_core::validation::Limits;
 use tokio::sync::watch;
 
 use crate::CliError;
@@ -81,10 +80,13 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "KUBEFAAS_MAX_BACKLOG",
           default_value_t = kubefaas_api_gateway::DEFAULT_MAX_BACKLOG)]
     max_backlog: u64,
+    #[command(flatten)]
+    limits: kubefaas_core::validation::LimitFlags,
 }
 
 /// Runs the platform until a shutdown signal.
 pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
+    let limits = args.limits.limits().map_err(CliError::Usage)?;
     std::fs::create_dir_all(&args.data_dir).map_err(|source| CliError::Io {
         what: format!("creating {}", args.data_dir.display()),
         source,
@@ -124,7 +126,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespace: None,
             function_wait: Duration::from_secs(60),
-            limits: Limits::default(),
+            limits: limits.clone(),
             // A development harness: code served from this machine (`localhost`) is fine.
             code_download: kubefaas_operator::fetch::FetchConfig {
                 allow_private_addresses: true,
@@ -176,6 +178,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
     let mut gateway_config =
         kubefaas_api_gateway::Config::new(args.database_url.clone(), args.redis_url.clone());
     gateway_config.queue_prefix = args.queue_prefix.clone();
+    gateway_config.limits = limits;
     gateway_config.addr = args.gateway_addr;
     gateway_config.rate_limit =
         (args.rate_limit > 0.0).then_some(kubefaas_api_gateway::RateLimit {

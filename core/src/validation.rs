@@ -18,7 +18,8 @@ use crate::{
     runtime::{self, Language},
 };
 
-/// Platform-wide bounds, configurable by operators of the platform.
+/// Platform-wide bounds, configurable by operators of the platform ([`LimitFlags`]: the same
+/// flags on the operator, the gateway and `kubefaas up`, and `limits` in the Helm chart).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Highest `timeoutSeconds` a function may ask for.
@@ -59,6 +60,82 @@ impl Default for Limits {
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// [`Limits`] as command-line flags (and environment variables), shared by the binaries that
+/// validate specs: the operator, the gateway and `kubefaas up`. Each defaults to
+/// [`Limits::default`].
+#[cfg(feature = "flags")]
+#[derive(Clone, Debug, clap::Args)]
+pub struct LimitFlags {
+    /// Highest `timeoutSeconds` a function may ask for (the resource's schema allows up to 3600).
+    #[arg(long, env = "KUBEFAAS_MAX_TIMEOUT_SECONDS", default_value_t = 900,
+        value_parser = clap::value_parser!(i32).range(1..=3600))]
+    pub max_timeout_seconds: i32,
+    /// Smallest memory limit a function may ask for, in MiB.
+    #[arg(long, env = "KUBEFAAS_MIN_MEMORY_MB", default_value_t = 16,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_memory_mb: u64,
+    /// Largest memory limit a function may ask for, in MiB.
+    #[arg(long, env = "KUBEFAAS_MAX_MEMORY_MB", default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_memory_mb: u64,
+    /// Smallest CPU limit a function may ask for, in millicores.
+    #[arg(long, env = "KUBEFAAS_MIN_CPU_MILLIS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_cpu_millis: u64,
+    /// Largest CPU limit a function may ask for, in millicores.
+    #[arg(long, env = "KUBEFAAS_MAX_CPU_MILLIS", default_value_t = 4000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_cpu_millis: u64,
+    /// Largest code (decoded) a Function may carry inline or as a zip; it is stored in a
+    /// ConfigMap, and Kubernetes objects stay below about 1 MiB.
+    #[arg(long, env = "KUBEFAAS_MAX_CODE_BYTES", default_value_t = 768 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
+    pub max_code_bytes: u64,
+    /// Largest total size of a function's `env` names and values.
+    #[arg(long, env = "KUBEFAAS_MAX_ENV_BYTES", default_value_t = 32 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_env_bytes: u64,
+    /// Largest serialised payload of one invocation.
+    #[arg(long, env = "KUBEFAAS_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_payload_bytes: u64,
+    /// Largest total size of an invocation's header names and values.
+    #[arg(long, env = "KUBEFAAS_MAX_HEADER_BYTES", default_value_t = 16 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_header_bytes: u64,
+}
+
+#[cfg(feature = "flags")]
+impl LimitFlags {
+    /// The limits, or which pair of flags contradicts itself.
+    pub fn limits(&self) -> Result<Limits, String> {
+        if self.min_memory_mb > self.max_memory_mb {
+            return Err(format!(
+                "--min-memory-mb ({}) is above --max-memory-mb ({})",
+                self.min_memory_mb, self.max_memory_mb
+            ));
+        }
+        if self.min_cpu_millis > self.max_cpu_millis {
+            return Err(format!(
+                "--min-cpu-millis ({}) is above --max-cpu-millis ({})",
+                self.min_cpu_millis, self.max_cpu_millis
+            ));
+        }
+        let size = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+        Ok(Limits {
+            max_timeout_seconds: self.max_timeout_seconds,
+            min_memory_bytes: self.min_memory_mb.saturating_mul(MIB),
+            max_memory_bytes: self.max_memory_mb.saturating_mul(MIB),
+            min_cpu_millis: self.min_cpu_millis,
+            max_cpu_millis: self.max_cpu_millis,
+            max_code_bytes: size(self.max_code_bytes),
+            max_env_bytes: size(self.max_env_bytes),
+            max_payload_bytes: size(self.max_payload_bytes),
+            max_header_bytes: size(self.max_header_bytes),
+        })
+    }
+}
 
 /// Environment variable names reserved for the platform.
 pub const RESERVED_ENV_PREFIX: &str = "KUBEFAAS_";
@@ -690,6 +767,37 @@ mod tests {
             "main.handler",
             FunctionCode::inline("def handler(event, context):\n    return event\n"),
         )
+    }
+
+    #[cfg(feature = "flags")]
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitFlags,
+    }
+
+    #[cfg(feature = "flags")]
+    fn limits_from(args: &[&str]) -> Result<Limits, String> {
+        use clap::Parser as _;
+        let flags = Flags::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        flags.limits.limits()
+    }
+
+    #[cfg(feature = "flags")]
+    #[test]
+    fn limit_flags_default_to_the_defaults_and_change_what_validation_allows() {
+        assert_eq!(limits_from(&[]).unwrap(), Limits::default());
+        let mut spec = python_hello();
+        spec.timeout_seconds = 1800;
+        let defaults = Limits::default();
+        assert!(validate_function("hello", &spec, &defaults).is_err());
+        let longer = limits_from(&["--max-timeout-seconds", "3600"]).unwrap();
+        assert!(validate_function("hello", &spec, &longer).is_ok());
+        let error = limits_from(&["--max-timeout-seconds", "7200"]).unwrap_err();
+        assert!(error.contains("--max-timeout-seconds"), "{error}");
+        let error = limits_from(&["--min-memory-mb", "512", "--max-memory-mb", "256"]).unwrap_err();
+        assert!(error.contains("--min-memory-mb (512) is above --max-memory-mb (256)"), "{error}");
     }
 
     fn errors_of(spec: &FunctionSpec) -> ValidationErrors {

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use kubefaas_core::validation::Limits;
+use kubefaas_core::validation::LimitFlags;
 use kubefaas_operator::{Config, fetch::FetchConfig, run};
 use tracing_subscriber::EnvFilter;
 
@@ -51,6 +51,8 @@ struct Flags {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     last_invoked_flush_seconds: u64,
+    #[command(flatten)]
+    limits: LimitFlags,
 }
 
 #[tokio::main]
@@ -61,6 +63,13 @@ async fn main() -> ExitCode {
         )
         .init();
     let flags = Flags::parse();
+    let limits = match flags.limits.limits() {
+        Ok(limits) => limits,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let extra_ca_pem = match &flags.code_ca_file {
         Some(path) => match std::fs::read(path) {
             Ok(pem) => Some(pem),
@@ -78,7 +87,7 @@ async fn main() -> ExitCode {
         http_addr: flags.http_addr,
         namespace: flags.namespace,
         function_wait: Duration::from_secs(flags.function_wait_seconds),
-        limits: Limits::default(),
+        limits,
         code_download: FetchConfig {
             timeout: Duration::from_secs(flags.code_download_timeout_seconds),
             extra_ca_pem,

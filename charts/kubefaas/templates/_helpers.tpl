@@ -65,6 +65,21 @@ key: {{ required "externalRedis.key is required" .Values.externalRedis.key }}
 {{- end }}
 
 {{/* Environment every platform binary gets: the database, Redis, the queue prefix, logging, its pod name. */}}
+{{/* The platform limits as flags, for the operator and the gateway (both validate specs). */}}
+{{- define "kubefaas.limitArgs" -}}
+{{- with .Values.limits }}
+- --max-timeout-seconds={{ int64 .maxTimeoutSeconds }}
+- --min-memory-mb={{ int64 .minMemoryMb }}
+- --max-memory-mb={{ int64 .maxMemoryMb }}
+- --min-cpu-millis={{ int64 .minCpuMillis }}
+- --max-cpu-millis={{ int64 .maxCpuMillis }}
+- --max-code-bytes={{ int64 .maxCodeBytes }}
+- --max-env-bytes={{ int64 .maxEnvBytes }}
+- --max-payload-bytes={{ int64 .maxPayloadBytes }}
+- --max-header-bytes={{ int64 .maxHeaderBytes }}
+{{- end }}
+{{- end }}
+
 {{- define "kubefaas.commonEnv" -}}
 - name: DATABASE_URL
   valueFrom:

@@ -84,7 +84,8 @@ pub struct FunctionSpec {
     pub resources: FunctionResources,
 
     /// Longest an invocation may run, in seconds, before it is stopped and marked `TimedOut`.
-    /// The platform may configure a lower maximum.
+    /// At most the platform's maximum: 900 unless its operators set `--max-timeout-seconds`
+    /// (chart value `limits.maxTimeoutSeconds`), which may go up to 3600.
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i32,
