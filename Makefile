@@ -6,15 +6,18 @@ CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 # The Python kubernetes client for the standalone API server's client tests (made by `make deps`).
 export KUBEFAAS_TEST_PYTHON ?= $(CURDIR)/.venv/tests/bin/python
+# boto3 for the gateway's Lambda Invoke API tests (made by `make deps`).
+export KUBEFAAS_TEST_AWS_PYTHON ?= $(CURDIR)/.venv/aws/bin/python
 
 .PHONY: help
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## Install what the tests need (PostgreSQL, Redis, interpreters; Python kubernetes client and Helm SDK) if missing
+deps: ## Install what the tests need (PostgreSQL, Redis, interpreters; Python kubernetes client, Helm SDK, boto3) if missing
 	@scripts/deps.sh
 	@scripts/python-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_PYTHON)) >/dev/null
+	@scripts/aws-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_AWS_PYTHON)) >/dev/null
 
 .PHONY: run
 run: ## Run the whole platform here (kubefaas up) with the example functions deployed

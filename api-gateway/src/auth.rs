@@ -185,7 +185,7 @@ pub(crate) async fn authenticate(
         AuthMode::Token => match bearer(&request) {
             None => {
                 return ApiError::unauthorized(
-                    "missing API token: send Authorization: Bearer <token>",
+                    "missing API token: send Authorization: Bearer <token> (AWS SDKs: the token as the session token)",
                 )
                 .into_response();
             }
@@ -211,11 +211,21 @@ pub(crate) async fn authenticate(
     next.run(request).await
 }
 
+/// The presented token: `Authorization: Bearer <token>`, else `X-Amz-Security-Token` (how an
+/// AWS SDK sends the session token it is configured with; see `routes::lambda`).
 fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some((scheme, token)) = authorization.and_then(|v| v.split_once(' '))
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return Some(token.trim()).filter(|t| !t.is_empty());
+    }
+    let session = request.headers().get(AWS_SESSION_TOKEN)?.to_str().ok()?.trim();
+    Some(session).filter(|t| !t.is_empty())
 }
+
+/// The header AWS SDKs send their session token in.
+const AWS_SESSION_TOKEN: &str = "x-amz-security-token";
 
 #[cfg(test)]
 mod tests {

@@ -210,9 +210,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// What an error response said, kept in the response's extensions so a layer can answer in
+/// another protocol's shape (the Lambda Invoke API's) without parsing the body.
+#[derive(Clone, Debug)]
+pub(crate) struct Rendered {
+    /// The error's code.
+    pub code: &'static str,
+    /// Its message.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let extra = *self.extra;
+        let rendered = Rendered { code: self.code, message: self.message.clone() };
         let (type_, stack) = match extra.function_error {
             Some(e) => (Some(e.type_), e.stack),
             None => (None, None),
@@ -237,6 +248,7 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = extra.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        response.extensions_mut().insert(rendered);
         response
     }
 }

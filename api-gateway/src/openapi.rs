@@ -28,6 +28,7 @@ use crate::{error, model, routes};
         routes::invocations::get,
         routes::invocations::logs,
         routes::invocations::list,
+        routes::lambda::invoke,
         routes::tokens::create,
         routes::tokens::list,
         routes::tokens::revoke,
@@ -51,6 +52,7 @@ use crate::{error, model, routes};
     tags(
         (name = "functions", description = "Create, read, update and delete functions"),
         (name = "invocations", description = "Run functions and read their results"),
+        (name = "lambda", description = "AWS Lambda's Invoke API, for AWS SDKs and the AWS CLI (the token as the session token)"),
         (name = "tokens", description = "API tokens"),
         (name = "health", description = "Health, readiness, metrics and this document"),
     )

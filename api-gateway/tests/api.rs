@@ -403,6 +403,7 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
         ("/openapi.json", &["get"]),
         ("/tokens", &["get", "post"]),
         ("/tokens/{id}", &["delete"]),
+        ("/2015-03-31/functions/{function}/invocations", &["post"]),
     ] {
         for method in methods {
             let operation = &doc["paths"][path][method];
@@ -410,7 +411,7 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
             assert!(operation["responses"].is_object(), "{method} {path} has no responses");
         }
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 14, "every route, no more");
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 15, "every route, no more");
     let schemas = &doc["components"]["schemas"];
     for schema in ["ErrorBody", "CreateFunction", "FunctionResponse", "InvocationResponse"] {
         assert!(schemas[schema].is_object(), "{schema} is missing");

@@ -63,27 +63,54 @@ pub(crate) async fn invoke_sync(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<Response> {
     let headers = forwarded_headers(&request_headers, state.settings.limits.max_header_bytes)?;
+    let payload = payload_of(&state, &body, None)?;
+    match run_sync(&state, &namespace, &name, payload, headers).await? {
+        Ran::Finished(finished) => outcome(&state, finished),
+        Ran::StillRunning(id) => Err(still_running(&state, id)),
+    }
+}
+
+/// The event of an invoke: the body as JSON, `empty` when there is none.
+pub(crate) fn payload_of(
+    state: &AppState,
+    body: &[u8],
+    empty: Option<serde_json::Value>,
+) -> ApiResult<Option<serde_json::Value>> {
     if body.len() > state.settings.limits.max_payload_bytes {
         return Err(payload_too_large(state.settings.limits.max_payload_bytes));
     }
-    let payload = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        Some(serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not JSON: {e}"),
-            )
-        })?)
-    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(empty);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}"))
+    })
+}
+
+/// How a synchronous invocation came out within the gateway's deadline.
+pub(crate) enum Ran {
+    /// It finished.
+    Finished(Finished),
+    /// It is still running at the deadline: this is its id.
+    StillRunning(Uuid),
+}
+
+/// Submits a synchronous invocation of `namespace/name` and waits for its outcome, at most the
+/// gateway's sync deadline.
+pub(crate) async fn run_sync(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+    payload: Option<serde_json::Value>,
+    headers: BTreeMap<String, String>,
+) -> ApiResult<Ran> {
     let mut submission = Submission::new(Source::Sync, payload);
     submission.headers = headers;
     let id = submission.id;
     // Registered before the submission, so no announcement can be missed and the row need not
     // be read before the first one arrives.
     let expected = state.completions.expect(id);
-    let submitted = submit_to(&state, &namespace, &name, submission).await?;
+    let submitted = submit_to(state, namespace, name, submission).await?;
     // The row is queued: the sweeper queues it again later, but this caller would wait for that.
     if let Some(error) = submitted.enqueue_error {
         return Err(ApiError::unavailable("Redis", &error).with_invocation(id));
@@ -102,30 +129,32 @@ pub(crate) async fn invoke_sync(
             }
         })
         .await?;
-    let finished = match waited {
-        Waited::Finished(finished) => finished,
-        Waited::TimedOut => {
-            state.metrics.sync_outcome("waiting");
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "the invocation is still running after {:?}; poll GET /invocations/{id}",
-                    state.settings.sync_timeout
-                ),
-            )
-            .with_invocation(id));
-        }
-    };
-    outcome(&state, finished)
+    Ok(match waited {
+        Waited::Finished(finished) => Ran::Finished(finished),
+        Waited::TimedOut => Ran::StillRunning(id),
+    })
+}
+
+/// 504 `timeout` for an invocation still running at the gateway's deadline.
+pub(crate) fn still_running(state: &AppState, id: Uuid) -> ApiError {
+    state.metrics.sync_outcome("waiting");
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "the invocation is still running after {:?}; poll GET /invocations/{id}",
+            state.settings.sync_timeout
+        ),
+    )
+    .with_invocation(id)
 }
 
 /// A finished synchronous invocation: what its answer is made of.
-struct Finished {
-    id: Uuid,
-    status: Status,
-    result: serde_json::Value,
-    error: Option<InvocationError>,
+pub(crate) struct Finished {
+    pub(crate) id: Uuid,
+    pub(crate) status: Status,
+    pub(crate) result: serde_json::Value,
+    pub(crate) error: Option<InvocationError>,
 }
 
 impl Finished {
@@ -186,6 +215,7 @@ fn outcome(state: &AppState, finished: Finished) -> ApiResult<Response> {
 fn forwarded_headers(headers: &HeaderMap, limit: usize) -> ApiResult<BTreeMap<String, String>> {
     const HELD_BACK: &[&str] = &[
         "authorization",
+        "x-amz-security-token",
         "cookie",
         "proxy-authorization",
         "host",
@@ -276,7 +306,7 @@ const BACKLOG_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// Submits an invocation of the live function `namespace/name`, taken from the watch-backed
 /// cache, once its backlog admits it.
-async fn submit_to(
+pub(crate) async fn submit_to(
     state: &AppState,
     namespace: &str,
     name: &str,

@@ -3,6 +3,7 @@
 pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod invocations;
+pub(crate) mod lambda;
 pub(crate) mod tokens;
 
 use axum::{
@@ -41,13 +42,19 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    // AWS Lambda's Invoke API, with its errors (authentication's included) in Lambda's shape.
+    let lambda = Router::new()
+        .route("/2015-03-31/functions/{function}/invocations", post(lambda::invoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(middleware::from_fn(lambda::lambda_errors));
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi));
-    api.merge(open)
+    api.merge(lambda)
+        .merge(open)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
