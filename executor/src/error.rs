@@ -68,30 +68,4 @@ pub fn platform_error(type_: &str, message: impl Into<String>) -> InvocationErro
 }
 
 /// Error types the platform itself reports (as opposed to the user's exception types).
-pub mod error_types {
-    /// The invocation ran past its deadline; the instance was killed.
-    pub const TIMED_OUT: &str = "TimedOut";
-    /// The instance went over its memory limit and was killed.
-    pub const OUT_OF_MEMORY: &str = "OutOfMemory";
-    /// The interpreter exited or crashed during the invocation.
-    pub const RUNTIME_EXITED: &str = "RuntimeExited";
-    /// The handler name cannot be used for the language (e.g. not a Go identifier).
-    pub const INIT_FAILED: &str = "InitFailed";
-    /// The prefix of the types the python and node runtimes give a handler that cannot load, as
-    /// AWS Lambda's do: `Runtime.ImportModuleError`, `Runtime.UserCodeSyntaxError`,
-    /// `Runtime.HandlerNotFound`, `Runtime.MalformedHandlerName`.
-    pub const RUNTIME_LOAD_PREFIX: &str = "Runtime.";
-    /// The function's code cannot be used (a broken archive, an unsafe path, over the size
-    /// limit).
-    pub const INVALID_CODE: &str = "InvalidCode";
-    /// The Go code did not compile.
-    pub const BUILD_FAILED: &str = "BuildFailed";
-    /// The handler returned a value that cannot be encoded as JSON.
-    pub const RESULT_NOT_SERIALIZABLE: &str = "ResultNotSerializable";
-    /// The handler's result is over the size limit.
-    pub const RESULT_TOO_LARGE: &str = "ResultTooLarge";
-    /// The instance could not be started for a platform reason.
-    pub const INSTANCE_START_FAILED: &str = "InstanceStartFailed";
-    /// The bootstrap broke the driver protocol.
-    pub const PROTOCOL: &str = "RuntimeProtocolError";
-}
+pub use kubefaas_core::resources::error_types;

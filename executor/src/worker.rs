@@ -31,7 +31,7 @@ use std::{
 use kubefaas_core::{
     env_from::EnvSource,
     queue::{self, Backoff, Completion, Consumer, Delivery, Job, Queue, QueueError},
-    resources::{InvocationMetrics, RetryPolicy},
+    resources::{FailureKind, InvocationMetrics, RetryPolicy},
     store::{
         Claim, FunctionState, InvocationRow, Lease, Outcome, Source, Status, Store, StoreError,
     },
@@ -421,7 +421,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             Ok(Some(function)) if function.id == job.function_id => function,
             Ok(_) => {
                 let error = platform_error(
-                    "FunctionNotFound",
+                    error_types::FUNCTION_NOT_FOUND,
                     format!("function {}/{} no longer exists", job.namespace, job.function),
                 );
                 return self
@@ -692,22 +692,13 @@ pub fn outcome_of(run: &Invocation) -> Outcome {
 
 /// Failures of the platform rather than of the function: worth another attempt.
 fn is_platform_failure(error: &kubefaas_core::resources::InvocationError) -> bool {
-    [error_types::INSTANCE_START_FAILED, error_types::PROTOCOL].contains(&error.type_.as_str())
+    error.kind() == FailureKind::Platform
 }
 
-/// Failures that retrying cannot fix whatever the policy says: the code does not load or build
-/// (including the runtimes' `Runtime.*` load failures), or the result cannot be delivered.
+/// Failures that retrying cannot fix whatever the policy says: the code does not load or build,
+/// the result cannot be delivered, or the function is gone.
 fn is_permanent(error: &kubefaas_core::resources::InvocationError) -> bool {
-    error.type_.starts_with(error_types::RUNTIME_LOAD_PREFIX)
-        || [
-            error_types::INIT_FAILED,
-            error_types::INVALID_CODE,
-            error_types::BUILD_FAILED,
-            error_types::RESULT_NOT_SERIALIZABLE,
-            error_types::RESULT_TOO_LARGE,
-            "FunctionNotFound",
-        ]
-        .contains(&error.type_.as_str())
+    matches!(error.kind(), FailureKind::Load | FailureKind::Result | FailureKind::NoSuchFunction)
 }
 
 /// The announcement of a finished row: where it came from (so the operator need not read the
@@ -733,7 +724,7 @@ pub fn decide_retry(
     policy: &RetryPolicy,
     max_backoff: Duration,
 ) -> Option<Duration> {
-    if attempt >= max_attempts || is_permanent(error) || error.type_ == error_types::TIMED_OUT {
+    if attempt >= max_attempts || is_permanent(error) || error.kind() == FailureKind::TimedOut {
         return None;
     }
     if !is_platform_failure(error) && !policy.on_function_error {

@@ -45,8 +45,10 @@ pub mod reason {
     pub const QUEUED: &str = "Queued";
     /// The invocation waits for its function.
     pub const WAITING_FOR_FUNCTION: &str = "WaitingForFunction";
-    /// The referenced function does not exist.
-    pub const FUNCTION_NOT_FOUND: &str = "FunctionNotFound";
-    /// The referenced function exists but is not ready.
-    pub const FUNCTION_NOT_READY: &str = "FunctionNotReady";
+    /// The referenced function does not exist (also the error type of an Invocation that gave
+    /// up on it).
+    pub const FUNCTION_NOT_FOUND: &str = kubefaas_core::resources::error_types::FUNCTION_NOT_FOUND;
+    /// The referenced function exists but is not ready (also the error type of an Invocation
+    /// that gave up waiting).
+    pub const FUNCTION_NOT_READY: &str = kubefaas_core::resources::error_types::FUNCTION_NOT_READY;
 }

@@ -12,7 +12,7 @@ use axum::{
 };
 use kubefaas_core::{
     queue::{Completion, Waited},
-    resources::InvocationError,
+    resources::{FailureKind, InvocationError},
     store::{InvocationQuery, InvocationRow, Source, Status, StoreError},
     submit::{self, Submission, SubmitError},
 };
@@ -180,8 +180,8 @@ impl From<InvocationRow> for Finished {
 /// The HTTP answer of a finished synchronous invocation.
 fn outcome(state: &AppState, finished: Finished) -> ApiResult<Response> {
     let id = finished.id;
-    let error_type = finished.error.as_ref().map(|e| e.type_.as_str()).unwrap_or_default();
-    let (status, code, outcome) = match (finished.status, error_type) {
+    let kind = finished.error.as_ref().map_or(FailureKind::Function, InvocationError::kind);
+    let (status, code, outcome) = match (finished.status, kind) {
         (Status::Succeeded, _) => {
             state.metrics.sync_outcome("succeeded");
             let mut response = Json(finished.result).into_response();
@@ -190,15 +190,19 @@ fn outcome(state: &AppState, finished: Finished) -> ApiResult<Response> {
             }
             return Ok(response);
         }
-        (Status::TimedOut, _) | (_, "TimedOut") => {
+        (Status::TimedOut, _) | (_, FailureKind::TimedOut) => {
             (StatusCode::GATEWAY_TIMEOUT, "function_timeout", "timed_out")
         }
-        (_, "OutOfMemory") => (StatusCode::BAD_GATEWAY, "out_of_memory", "out_of_memory"),
-        (_, "FunctionNotFound") => (StatusCode::NOT_FOUND, "not_found", "failed"),
-        (_, "FunctionNotReady" | "InstanceLost" | "InfrastructureError") => {
+        (_, FailureKind::OutOfMemory) => {
+            (StatusCode::BAD_GATEWAY, "out_of_memory", "out_of_memory")
+        }
+        (_, FailureKind::NoSuchFunction) => (StatusCode::NOT_FOUND, "not_found", "failed"),
+        (_, FailureKind::FunctionNotReady | FailureKind::Platform) => {
             (StatusCode::BAD_GATEWAY, "invocation_failed", "failed")
         }
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "function_error", "failed"),
+        (_, FailureKind::Function | FailureKind::Load | FailureKind::Result) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "function_error", "failed")
+        }
     };
     state.metrics.sync_outcome(outcome);
     let message = finished

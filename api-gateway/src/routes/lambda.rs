@@ -32,7 +32,7 @@ use axum::{
 };
 use base64::Engine as _;
 use kubefaas_core::{
-    resources::InvocationError,
+    resources::{FailureKind, InvocationError},
     store::{Source, Status},
     submit::Submission,
 };
@@ -170,11 +170,12 @@ async fn answer(state: &AppState, finished: Finished, tail: bool) -> ApiResult<R
             Json(finished.result).into_response()
         }
         // Failures of the platform rather than of the function are the service's errors.
+        (_, Some(error)) if error.kind() == FailureKind::NoSuchFunction => {
+            state.metrics.sync_outcome("failed");
+            return Err(ApiError::not_found(error.message).with_invocation(id));
+        }
         (_, Some(error))
-            if matches!(
-                error.type_.as_str(),
-                "FunctionNotReady" | "InstanceLost" | "InfrastructureError"
-            ) =>
+            if matches!(error.kind(), FailureKind::FunctionNotReady | FailureKind::Platform) =>
         {
             state.metrics.sync_outcome("failed");
             return Err(ApiError::new(StatusCode::BAD_GATEWAY, "invocation_failed", error.message)

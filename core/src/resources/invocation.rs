@@ -145,7 +145,8 @@ impl InvocationPhase {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InvocationError {
     /// Kind of error: the exception class for a function error (`ValueError`, `TypeError`), or a
-    /// platform reason (`TimedOut`, `OutOfMemory`, `FunctionNotFound`, `FunctionNotReady`).
+    /// platform reason (`TimedOut`, `OutOfMemory`, `FunctionNotFound`, `FunctionNotReady`, …:
+    /// see `error_types`).
     #[serde(rename = "type")]
     pub type_: String,
     /// Human-readable description.
@@ -153,6 +154,90 @@ pub struct InvocationError {
     /// Stack trace of a function error, when the runtime provides one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,
+}
+
+impl InvocationError {
+    /// What kind of failure this is, from its type (see [`error_types`]).
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::of(&self.type_)
+    }
+}
+
+/// What a failed invocation's error means to whoever answers the caller or decides on a retry.
+/// One place for the rule, rather than each component matching type names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The handler raised, rejected or returned an error, or its interpreter exited: the
+    /// function's own failure, retried only when its retry policy says so.
+    Function,
+    /// The invocation ran past its deadline. Never retried.
+    TimedOut,
+    /// The instance went over its memory limit.
+    OutOfMemory,
+    /// The code cannot load or build, or its handler cannot be used: no attempt can succeed
+    /// until the code changes. Never retried.
+    Load,
+    /// The handler's result cannot be delivered (not JSON, too large). Never retried.
+    Result,
+    /// The function does not exist (any more). Never retried.
+    NoSuchFunction,
+    /// The function never became ready while the invocation waited for it.
+    FunctionNotReady,
+    /// The platform failed the attempt (an instance that could not start, a broken protocol):
+    /// always worth another attempt.
+    Platform,
+}
+
+impl FailureKind {
+    /// The kind of an error of type `type_`.
+    pub fn of(type_: &str) -> Self {
+        use error_types::*;
+        match type_ {
+            TIMED_OUT => Self::TimedOut,
+            OUT_OF_MEMORY => Self::OutOfMemory,
+            INIT_FAILED | INVALID_CODE | BUILD_FAILED => Self::Load,
+            t if t.starts_with(RUNTIME_LOAD_PREFIX) => Self::Load,
+            RESULT_NOT_SERIALIZABLE | RESULT_TOO_LARGE => Self::Result,
+            FUNCTION_NOT_FOUND => Self::NoSuchFunction,
+            FUNCTION_NOT_READY => Self::FunctionNotReady,
+            INSTANCE_START_FAILED | PROTOCOL => Self::Platform,
+            _ => Self::Function,
+        }
+    }
+}
+
+/// The error types the platform itself reports, as opposed to the exception types of users'
+/// code (which keep their own names: `ValueError`, `TypeError`, …).
+pub mod error_types {
+    /// The invocation ran past its deadline; the instance was killed.
+    pub const TIMED_OUT: &str = "TimedOut";
+    /// The instance went over its memory limit and was killed.
+    pub const OUT_OF_MEMORY: &str = "OutOfMemory";
+    /// The interpreter exited or crashed during the invocation.
+    pub const RUNTIME_EXITED: &str = "RuntimeExited";
+    /// The handler name cannot be used for the language (e.g. not a Go identifier).
+    pub const INIT_FAILED: &str = "InitFailed";
+    /// The prefix of the types the python and node runtimes give a handler that cannot load, as
+    /// AWS Lambda's do: `Runtime.ImportModuleError`, `Runtime.UserCodeSyntaxError`,
+    /// `Runtime.HandlerNotFound`, `Runtime.MalformedHandlerName`.
+    pub const RUNTIME_LOAD_PREFIX: &str = "Runtime.";
+    /// The function's code cannot be used (a broken archive, an unsafe path, over the size
+    /// limit).
+    pub const INVALID_CODE: &str = "InvalidCode";
+    /// The Go code did not compile.
+    pub const BUILD_FAILED: &str = "BuildFailed";
+    /// The handler returned a value that cannot be encoded as JSON.
+    pub const RESULT_NOT_SERIALIZABLE: &str = "ResultNotSerializable";
+    /// The handler's result is over the size limit.
+    pub const RESULT_TOO_LARGE: &str = "ResultTooLarge";
+    /// The instance could not be started for a platform reason.
+    pub const INSTANCE_START_FAILED: &str = "InstanceStartFailed";
+    /// The bootstrap broke the driver protocol.
+    pub const PROTOCOL: &str = "RuntimeProtocolError";
+    /// The invocation's function does not exist (any more).
+    pub const FUNCTION_NOT_FOUND: &str = "FunctionNotFound";
+    /// The invocation's function did not become ready in time.
+    pub const FUNCTION_NOT_READY: &str = "FunctionNotReady";
 }
 
 /// Measurements of one attempt.
@@ -171,4 +256,36 @@ pub struct InvocationMetrics {
     /// Whether the attempt had to start a new instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_platform_error_type_has_its_kind_and_users_types_are_the_functions() {
+        use error_types::*;
+        let kinds = [
+            (TIMED_OUT, FailureKind::TimedOut),
+            (OUT_OF_MEMORY, FailureKind::OutOfMemory),
+            (RUNTIME_EXITED, FailureKind::Function),
+            (INIT_FAILED, FailureKind::Load),
+            (INVALID_CODE, FailureKind::Load),
+            (BUILD_FAILED, FailureKind::Load),
+            ("Runtime.ImportModuleError", FailureKind::Load),
+            (RESULT_NOT_SERIALIZABLE, FailureKind::Result),
+            (RESULT_TOO_LARGE, FailureKind::Result),
+            (INSTANCE_START_FAILED, FailureKind::Platform),
+            (PROTOCOL, FailureKind::Platform),
+            (FUNCTION_NOT_FOUND, FailureKind::NoSuchFunction),
+            (FUNCTION_NOT_READY, FailureKind::FunctionNotReady),
+            ("ValueError", FailureKind::Function),
+            // A user's class that only resembles ours is still the user's.
+            ("RuntimeError", FailureKind::Function),
+        ];
+        for (type_, kind) in kinds {
+            let error = InvocationError { type_: type_.into(), ..InvocationError::default() };
+            assert_eq!(error.kind(), kind, "{type_}");
+        }
+    }
 }
