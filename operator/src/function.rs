@@ -11,12 +11,12 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Pod},
+    api::core::v1::ConfigMap,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -118,9 +118,7 @@ async fn apply(function: &Function, namespace: &str, ctx: &Context) -> Result<Ac
     let (row, _) = ctx.store.upsert_function(&record).await?;
 
     let checksum = package.checksum();
-    let mut status = ready_status(function, &previous, row.record.id, &package);
-    status.warm_instances =
-        warm_instances(function, namespace, ctx).await.or(previous.warm_instances);
+    let status = ready_status(function, &previous, row.record.id, &package);
     status::write::<Function>(ctx, namespace, &name, &status).await?;
     match previous.code_checksum.as_deref() {
         Some(old) if old != checksum => {
@@ -264,41 +262,6 @@ async fn stored_code(
         .map(|package| package.bytes().to_vec()))
 }
 
-/// Runtime pods of the function that are ready to serve (the `kubernetes` backend's warm
-/// instances; a pod still starting, or building Go code, is not counted); `None` when they
-/// cannot be counted right now.
-async fn warm_instances(function: &Function, namespace: &str, ctx: &Context) -> Option<i32> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!("{}={}", names::FUNCTION_LABEL, function.name_any());
-    let uid = function.uid()?;
-    match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => {
-            let running = list
-                .items
-                .iter()
-                .filter(|pod| pod.owner_references().iter().any(|owner| owner.uid == uid))
-                .filter(|pod| pod_is_ready(pod))
-                .count();
-            Some(i32::try_from(running).unwrap_or(i32::MAX))
-        }
-        Err(error) => {
-            tracing::debug!(error = %error, "cannot count runtime pods");
-            None
-        }
-    }
-}
-
-/// Running with its `Ready` condition true.
-fn pod_is_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return false };
-    status.phase.as_deref() == Some("Running")
-        && status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|condition| condition.type_ == "Ready" && condition.status == "True")
-}
-
 /// The ConfigMap holding the code, owned by the function.
 pub(crate) fn code_config_map(
     function: &Function,
@@ -401,9 +364,9 @@ pub(crate) fn ready_status(
         function_id: Some(function_id.to_string()),
         code_checksum: Some(checksum),
         code_size: Some(i64::try_from(package.size()).unwrap_or(i64::MAX)),
-        warm_instances: previous.warm_instances,
-        // Owned by `last_invoked`'s field manager; left out so this apply neither takes nor
-        // removes it.
+        // Owned by the field managers of `warm` and `last_invoked`; left out so this apply
+        // neither takes nor removes them.
+        warm_instances: None,
         last_invoked_at: None,
         message: None,
     }
@@ -432,8 +395,8 @@ pub(crate) fn failed_status(
         function_id: previous.function_id.clone(),
         code_checksum: previous.code_checksum.clone(),
         code_size: previous.code_size,
-        warm_instances: previous.warm_instances,
         // See `ready_status`.
+        warm_instances: None,
         last_invoked_at: None,
     }
 }

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod names;
 mod status;
 mod trigger;
+mod warm;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -248,8 +249,10 @@ pub async fn run_with_client(
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={}", names::MANAGED_BY));
     // Runtime pods (the executor's kubernetes backend) are owned by their Function: their coming
-    // and going updates `warmInstances`.
+    // and going updates `warmInstances`, through a writer of its own (`warm`), not the Function
+    // pipeline.
     let runtime_pods = watcher::Config::default().labels(names::FUNCTION_LABEL);
+    let warm = tokio::spawn(warm::follow(client.clone(), pods, runtime_pods, shutdown.clone()));
     // Each controller's own watch, with triggers held back until its store has them (see
     // `trigger`: kube-runtime's default trigger drops objects created while a watch expired).
     let (function_store, writer) = reflector::store();
@@ -260,7 +263,6 @@ pub async fn run_with_client(
     let invocation_triggers = trigger::after_store(invocation_events.reflect(writer));
     let function_controller = Controller::for_stream(function_triggers, function_store)
         .owns(config_maps, owned)
-        .owns(pods, runtime_pods)
         .graceful_shutdown_on(shutdown.clone())
         .run(function::reconcile, function::error_policy, Arc::clone(&ctx))
         .for_each(|result| async move { log_reconcile("Function", result) });
@@ -275,6 +277,9 @@ pub async fn run_with_client(
 
     tracing::info!(http = %config.http_addr, "kubefaas-operator running");
     tokio::join!(function_controller, invocation_controller);
+    if let Err(join) = warm.await {
+        tracing::warn!(error = %join, "warmInstances writer ended abnormally");
+    }
     drop(completions);
     listener.abort();
     if let Err(join) = flusher.await {

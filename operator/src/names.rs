@@ -1,13 +1,17 @@
 //! Names the operator writes into the cluster: finalizers, field managers, labels, condition
 //! types and event reasons. Kept in one place so they are spelled the same everywhere.
 
-/// Field manager of the operator's server-side applies (all but [`LAST_INVOKED_FIELD_MANAGER`]'s).
+/// Field manager of the operator's server-side applies (all but [`LAST_INVOKED_FIELD_MANAGER`]'s
+/// and [`WARM_FIELD_MANAGER`]'s).
 pub const FIELD_MANAGER: &str = "kubefaas-operator";
 
 /// Field manager of a Function's `status.lastInvokedAt`, and of nothing else. Kept apart from
 /// [`FIELD_MANAGER`] so the function controller's status applies (which leave the field out)
 /// neither remove it nor need to know it, and its own applies need not repeat the rest.
 pub const LAST_INVOKED_FIELD_MANAGER: &str = "kubefaas-operator-last-invoked";
+
+/// Field manager of a Function's `status.warmInstances`, and of nothing else (see `warm`).
+pub const WARM_FIELD_MANAGER: &str = "kubefaas-operator-warm";
 
 /// Finalizer that keeps a deleted Function until its row is marked deleted.
 pub const FUNCTION_FINALIZER: &str = "kubefaas.io/function-cleanup";

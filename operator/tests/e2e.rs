@@ -543,6 +543,21 @@ async fn the_kubernetes_backend_runs_invocations_in_restricted_owned_pods_of_the
     );
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(ready_pods("warm").await, 2, "minWarm pods outlive the idle timeout");
+    // warmInstances follows the pods both ways: the reaped function's drops to 0.
+    for (function, count) in [("idle", 0), ("warm", 2), ("single", 1)] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let status = platform.get(&format!("function/{function}")).await["status"].clone();
+            if status["warmInstances"].as_i64() == Some(count) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{function}'s warmInstances never became {count}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // A memory hog: the pod's container is OOMKilled, the invocation fails with OutOfMemory.
     memory_hog_fails_out_of_memory(&platform).await;
