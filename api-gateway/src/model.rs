@@ -195,10 +195,13 @@ pub struct FunctionFilter {
     /// Only functions of this runtime.
     pub runtime: Option<String>,
     /// Page size (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Functions to skip.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
-    /// Namespace (also `X-Kubefaas-Namespace`).
+    /// Namespace (also `X-Kubefaas-Namespace`): a DNS-1123 label.
+    #[param(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 
@@ -361,10 +364,13 @@ pub struct InvocationFilter {
     /// Only invocations in this state.
     pub status: Option<String>,
     /// Page size (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Invocations to skip.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
-    /// Namespace (also `X-Kubefaas-Namespace`).
+    /// Namespace (also `X-Kubefaas-Namespace`): a DNS-1123 label.
+    #[param(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 
@@ -399,7 +405,9 @@ pub struct ReadyResponse {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct NamespaceQuery {
-    /// Namespace (also `X-Kubefaas-Namespace`); the gateway's default when absent.
+    /// Namespace (also `X-Kubefaas-Namespace`), a DNS-1123 label; the gateway's default when
+    /// absent.
+    #[param(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 

@@ -417,6 +417,30 @@ async fn health_readiness_metrics_cors_and_a_complete_openapi_document_are_serve
         assert!(schemas[schema].is_object(), "{schema} is missing");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // The parameters say what the server enforces.
+    let param = |path: &str, method: &str, name: &str| {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .map(|p| p["schema"].clone())
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+    };
+    for (path, method) in
+        [("/functions", "get"), ("/invocations", "get"), ("/functions/{function}", "delete")]
+    {
+        let namespace = param(path, method, "namespace");
+        assert_eq!(namespace["pattern"], "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "{path}");
+        assert_eq!(namespace["maxLength"], 63, "{path}");
+    }
+    for path in ["/functions", "/invocations"] {
+        let limit = param(path, "get", "limit");
+        assert_eq!(
+            (limit["minimum"].clone(), limit["maximum"].clone()),
+            (json!(1), json!(kubefaas_core::store::MAX_PAGE_SIZE))
+        );
+        assert_eq!(param(path, "get", "offset")["minimum"], 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

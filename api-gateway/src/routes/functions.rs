@@ -130,7 +130,7 @@ pub(crate) async fn list(
     params(("function" = String, Path, description = "Function id or name"), crate::model::NamespaceQuery),
     responses(
         (status = 200, body = FunctionResponse),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 400, description = "A malformed namespace", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 pub(crate) async fn get(
@@ -221,7 +221,7 @@ pub(crate) async fn update(
     params(("function" = String, Path, description = "Function id or name"), crate::model::NamespaceQuery),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 400, description = "A malformed namespace", body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 pub(crate) async fn delete(
