@@ -126,7 +126,8 @@ pub(crate) async fn invoke(
             ));
         }
     };
-    let name = function_name(&state, &namespace, &function, query.qualifier.as_deref())?;
+    let qualifier = query.qualifier.as_deref().filter(|q| !q.is_empty());
+    let name = function_name(&state, &namespace, &function, qualifier)?;
     // Lambda passes {} to a handler invoked without a payload.
     let payload = payload_of(&state, &body, Some(json!({})))?;
     match invocation_type {
@@ -243,23 +244,7 @@ fn function_name(
     given: &str,
     qualifier: Option<&str>,
 ) -> ApiResult<String> {
-    let parts: Vec<&str> = given.split(':').collect();
-    let (name, in_name) = match parts.iter().position(|p| *p == "function") {
-        // arn:aws:lambda:region:account:function:name[:qualifier], or account:function:name…
-        Some(at) => match &parts[at + 1..] {
-            [name] => (*name, None),
-            [name, qualifier] => (*name, Some(*qualifier)),
-            _ => return Err(not_found(given)),
-        },
-        None => match parts.as_slice() {
-            [name] => (*name, None),
-            [name, qualifier] => (*name, Some(*qualifier)),
-            _ => return Err(not_found(given)),
-        },
-    };
-    if name.is_empty() {
-        return Err(not_found(given));
-    }
+    let (name, in_name) = split_function_name(given).ok_or_else(|| not_found(given))?;
     let version = match (in_name, qualifier) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::field(
@@ -277,6 +262,25 @@ fn function_name(
         }
     }
     Ok(name.to_owned())
+}
+
+/// The name and qualifier in Lambda's `FunctionName`: `name`, `name:qualifier`, or an ARN,
+/// full (`arn:aws:lambda:region:account:function:name[:qualifier]`) or partial
+/// (`account:function:name[:qualifier]`). `None` when it is none of these.
+fn split_function_name(given: &str) -> Option<(&str, Option<&str>)> {
+    let parts: Vec<&str> = given.split(':').collect();
+    // `function` after the account (never first: a function may be called `function`).
+    let rest = match parts.iter().skip(1).position(|p| *p == "function") {
+        Some(at) => &parts[at + 2..],
+        None => &parts[..],
+    };
+    match rest {
+        [name] if !name.is_empty() => Some((name, None)),
+        [name, qualifier] if !name.is_empty() && !qualifier.is_empty() => {
+            Some((name, Some(qualifier)))
+        }
+        _ => None,
+    }
 }
 
 fn not_found(given: &str) -> ApiError {
@@ -316,4 +320,24 @@ pub(crate) async fn lambda_errors(request: Request, next: Next) -> Response {
         translated.headers_mut().insert(REQUEST_ID, id);
     }
     translated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names_are_read_as_lambda_reads_them() {
+        let arn = "arn:aws:lambda:us-east-1:000000000000:function:echo";
+        assert_eq!(split_function_name("echo"), Some(("echo", None)));
+        assert_eq!(split_function_name("echo:$LATEST"), Some(("echo", Some("$LATEST"))));
+        assert_eq!(split_function_name(arn), Some(("echo", None)));
+        assert_eq!(split_function_name(&format!("{arn}:2")), Some(("echo", Some("2"))));
+        assert_eq!(split_function_name("000000000000:function:echo"), Some(("echo", None)));
+        assert_eq!(split_function_name("function"), Some(("function", None)));
+        assert_eq!(split_function_name("function:v1"), Some(("function", Some("v1"))));
+        for bad in ["", "a:b:c", "arn:aws:lambda:us-east-1:0:function:", "echo:"] {
+            assert_eq!(split_function_name(bad), None, "{bad:?}");
+        }
+    }
 }
