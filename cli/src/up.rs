@@ -130,6 +130,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<(), CliError> {
             // A development harness: code served from this machine (`localhost`) is fine.
             code_download: kubefaas_operator::fetch::FetchConfig {
                 allow_private_addresses: true,
+                max_bytes: limits.max_code_bytes,
                 ..kubefaas_operator::fetch::FetchConfig::default()
             },
             last_invoked_flush: kubefaas_operator::DEFAULT_LAST_INVOKED_FLUSH,

@@ -80,6 +80,13 @@ async fn main() -> ExitCode {
         },
         None => None,
     };
+    let code_download = FetchConfig {
+        timeout: Duration::from_secs(flags.code_download_timeout_seconds),
+        // Downloaded code is stored in the code ConfigMap too: the same bound.
+        max_bytes: limits.max_code_bytes,
+        extra_ca_pem,
+        allow_private_addresses: flags.code_allow_private_addresses,
+    };
     let config = Config {
         database_url: flags.database_url,
         redis_url: flags.redis_url,
@@ -88,12 +95,7 @@ async fn main() -> ExitCode {
         namespace: flags.namespace,
         function_wait: Duration::from_secs(flags.function_wait_seconds),
         limits,
-        code_download: FetchConfig {
-            timeout: Duration::from_secs(flags.code_download_timeout_seconds),
-            extra_ca_pem,
-            allow_private_addresses: flags.code_allow_private_addresses,
-            ..FetchConfig::default()
-        },
+        code_download,
         last_invoked_flush: Duration::from_secs(flags.last_invoked_flush_seconds),
     };
     match run(config, kubefaas_core::service::shutdown_signal()).await {
