@@ -114,9 +114,16 @@ pub(crate) async fn list(
     ApiQuery(filter): ApiQuery<FunctionFilter>,
 ) -> ApiResult<Json<FunctionList>> {
     let (limit, offset) = page(filter.limit, filter.offset)?;
+    // A runtime the catalogue does not have matches nothing (and text that is no runtime name,
+    // a NUL byte for one, never reaches PostgreSQL).
+    if let Some(runtime) = filter.runtime.as_deref().filter(|r| !r.is_empty())
+        && kubefaas_core::runtime::lookup(runtime).is_none()
+    {
+        return Ok(Json(FunctionList { functions: Vec::new(), limit, offset }));
+    }
     let query = FunctionQuery {
         namespace: Some(namespace),
-        runtime: filter.runtime,
+        runtime: filter.runtime.filter(|r| !r.is_empty()),
         limit: Some(limit),
         offset: Some(offset),
     };

@@ -407,6 +407,10 @@ pub(crate) async fn list(
         None | Some("") => None,
         Some(text) => match Uuid::parse_str(text) {
             Ok(id) => Some(id),
+            // Text that is no function name (a NUL byte, say) names no function.
+            Err(_) if !kubefaas_core::validation::is_dns1123_label(text) => {
+                return Ok(Json(InvocationList { invocations: Vec::new(), limit, offset }));
+            }
             // A name: the live function of that name; none means nothing can match.
             Err(_) => match state.store.function_by_name(&namespace, text).await? {
                 Some(row) => Some(row.record.id),

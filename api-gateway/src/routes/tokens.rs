@@ -50,6 +50,9 @@ pub(crate) async fn create(
     if body.name.trim().is_empty() || body.name.len() > 253 {
         return Err(ApiError::field("name", "must be 1 to 253 characters"));
     }
+    if body.name.chars().any(char::is_control) {
+        return Err(ApiError::field("name", "must not contain control characters"));
+    }
     if body.namespaces.is_empty() {
         return Err(ApiError::field("namespaces", "name at least one namespace, or *"));
     }
