@@ -217,7 +217,9 @@ async fn bad_input_gets_the_specified_status_and_json_error_and_creates_nothing(
         .error(400, "invalid_request");
     // Filters that name nothing match nothing, whatever bytes they hold (schemathesis found a
     // NUL byte in `runtime` answered 503: PostgreSQL refused the text).
-    for query in ["/functions?runtime=%00x", "/functions?runtime=cobol", "/invocations?function_id=%00"] {
+    for query in
+        ["/functions?runtime=%00x", "/functions?runtime=cobol", "/invocations?function_id=%00"]
+    {
         let reply = request(addr, "GET", query, &[], None).await;
         assert_eq!(reply.status, 200, "{query}: {}", String::from_utf8_lossy(&reply.body));
     }

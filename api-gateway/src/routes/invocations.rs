@@ -252,7 +252,8 @@ fn forwarded_headers(headers: &HeaderMap, limit: usize) -> ApiResult<BTreeMap<St
     Ok(forwarded)
 }
 
-fn not_ready(name: &str, why: &str) -> ApiError {
+/// 409 `not_ready`: the function exists but cannot take invocations yet.
+pub(crate) fn not_ready(name: &str, why: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "not_ready",

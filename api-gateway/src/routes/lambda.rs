@@ -44,7 +44,9 @@ use crate::{
     AppState,
     error::{ApiError, ApiResult, Rendered},
     extract::{ApiBytes, ApiQuery, Namespace},
-    routes::invocations::{Finished, Ran, payload_of, run_sync, submit_to},
+    routes::invocations::{
+        Finished, Ran, not_ready, payload_of, run_sync, still_running, submit_to,
+    },
 };
 
 const INVOCATION_TYPE: &str = "x-amz-invocation-type";
@@ -134,13 +136,7 @@ pub(crate) async fn invoke(
         InvocationType::DryRun => {
             let function =
                 state.functions.get(&namespace, &name).ok_or_else(|| not_found(&function))?;
-            function.invocable().map_err(|why| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_ready",
-                    format!("function {name:?} is not ready: {why}"),
-                )
-            })?;
+            function.invocable().map_err(|why| not_ready(&name, &why))?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         InvocationType::Event => {
@@ -154,7 +150,7 @@ pub(crate) async fn invoke(
                 match run_sync(&state, &namespace, &name, payload, Default::default()).await? {
                     Ran::Finished(finished) => finished,
                     Ran::StillRunning(id) => {
-                        return Err(crate::routes::invocations::still_running(&state, id));
+                        return Err(still_running(&state, id));
                     }
                 };
             answer(&state, finished, tail).await
