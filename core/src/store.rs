@@ -480,7 +480,8 @@ impl Store {
 // ---------------------------------------------------------------------------------------------
 
 /// Lifecycle state of an invocation row (`invocations.status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Recorded, not yet on the queue.
     Pending,
@@ -568,7 +569,8 @@ impl From<Status> for InvocationPhase {
 }
 
 /// How an invocation was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Through an `Invocation` resource (kubectl, or the gateway's asynchronous invoke before
     /// it stopped making one).
@@ -633,6 +635,41 @@ pub struct NewInvocation {
     pub retry_on_function_error: bool,
 }
 
+impl NewInvocation {
+    /// The row this invocation is, `queued` at `now` and not yet tried, as the store would
+    /// insert it; a synchronous call lives in this form until it finished
+    /// ([`crate::queue::live`]).
+    pub fn queued_row(self, now: DateTime<Utc>) -> InvocationRow {
+        InvocationRow {
+            id: self.id,
+            function_id: self.function_id,
+            namespace: self.namespace,
+            function_name: self.function_name,
+            resource_name: self.resource_name,
+            source: self.source,
+            payload: self.payload,
+            headers: self.headers,
+            status: Status::Queued,
+            result: None,
+            error: None,
+            metrics: None,
+            logs: None,
+            timeout_seconds: self.timeout_seconds,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            backoff_seconds: self.backoff_seconds.max(0),
+            retry_on_function_error: self.retry_on_function_error,
+            lease_owner: None,
+            lease_expires_at: None,
+            queued_at: Some(now),
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            updated_at: now,
+        }
+    }
+}
+
 /// A claimed invocation and how its function runs now.
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
@@ -661,8 +698,9 @@ pub struct FunctionState {
     pub environment: BTreeMap<String, String>,
 }
 
-/// A stored invocation.
-#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+/// A stored invocation. Its JSON form has the table's column names: a synchronous call's row
+/// travels in that form through Redis until it is written ([`Store::record_finished`]).
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct InvocationRow {
     /// Invocation id.
     pub id: Uuid,
@@ -1009,6 +1047,32 @@ impl Store {
             });
         }
         Ok(Created::Existing(existing))
+    }
+
+    /// Writes the rows of finished synchronous invocations, which had none until now (their
+    /// history is written behind: see `docs/ARCHITECTURE.md`), in one statement and one commit
+    /// that does not wait for the WAL flush. Returns how many were written: a row whose id
+    /// exists already (a second run of the same call) is skipped, and so is one whose function
+    /// was deleted meanwhile, whose history went with it.
+    pub async fn record_finished(&self, rows: &[InvocationRow]) -> Result<u64> {
+        if let Some(row) = rows.iter().find(|row| !row.status.is_terminal()) {
+            return Err(StoreError::InvalidTransition(format!(
+                "only finished invocations are recorded behind, {} is {}",
+                row.id, row.status
+            )));
+        }
+        let written = sqlx::query(
+            "INSERT INTO invocations \
+             SELECT r.* FROM jsonb_populate_recordset(NULL::invocations, $1) AS r \
+                 CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
+             WHERE EXISTS (SELECT 1 FROM functions f WHERE f.id = r.function_id) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(Json(rows))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("record finished invocations"))?;
+        Ok(written.rows_affected())
     }
 
     /// One invocation.

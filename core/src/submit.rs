@@ -25,7 +25,7 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
-    queue::{Job, Queue, QueueError},
+    queue::{Job, Queue, QueueError, live::Carried},
     resources::{Function, InvocationSpec},
     store::{Created, InvocationRow, NewInvocation, Source, Status, Store, StoreError},
     validation::{self, Limits, ValidationErrors},
@@ -83,6 +83,9 @@ pub enum SubmitError {
     /// recorded.
     #[error(transparent)]
     Batch(Arc<StoreError>),
+    /// Redis did not take a synchronous call's job; nothing was recorded.
+    #[error(transparent)]
+    Queue(QueueError),
     /// The [`Submitter`]'s writer is gone (the process is shutting down); nothing was recorded
     /// unless a batch was being written, and submitting the same id again is harmless.
     #[error("the submission writer has stopped")]
@@ -175,6 +178,27 @@ pub async fn submit(
 ) -> Result<Submitted, SubmitError> {
     let new = prepare(function, &submission, limits)?;
     record_one(store, queue, &new).await
+}
+
+/// Hands a synchronous call to the queue, carried whole by its job: no row is written until it
+/// finished ([`crate::queue::live`]), so no PostgreSQL commit is on its way. Returns the row as
+/// submitted. `Ok` promises less than [`submit`]'s: the call runs unless Redis loses it, and its
+/// caller, who waits for the answer, is told when it does not come.
+pub async fn submit_carried(
+    queue: &Queue,
+    limits: &Limits,
+    function: &Function,
+    submission: Submission,
+) -> Result<InvocationRow, SubmitError> {
+    let new = prepare(function, &submission, limits)?;
+    let row = new.queued_row(chrono::Utc::now());
+    let mut job = Job::new(row.id, row.function_id, &row.namespace, &row.function_name);
+    job.carried = Some(Arc::new(Carried {
+        row: row.clone(),
+        generation: function.metadata.generation.unwrap_or_default(),
+    }));
+    queue.submit_carried(&job).await.map_err(SubmitError::Queue)?;
+    Ok(row)
 }
 
 /// Records one prepared invocation and puts it on the queue.

@@ -119,7 +119,8 @@ impl KubeFunctions {
         };
         if let Some(expected) = expected
             && (expected.id != id
-                || expected.state.as_ref().is_some_and(|state| !runs_as(&function, state)))
+                || expected.state.as_ref().is_some_and(|state| !runs_as(&function, state))
+                || expected.generation.is_some_and(|g| function.metadata.generation < Some(g)))
         {
             return None;
         }

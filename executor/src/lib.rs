@@ -19,6 +19,7 @@ mod code;
 mod driver;
 mod error;
 pub mod functions;
+pub mod history;
 mod instance;
 pub mod kubernetes;
 mod logs;

@@ -352,7 +352,7 @@ async fn code_edited_a_moment_ago_is_run_even_while_the_watch_still_has_the_old(
     );
 
     // PostgreSQL's checksum (what the claim reports) tells the cached copy is out of date.
-    let expected = Expected { id, state: Some(state) };
+    let expected = Expected { id, state: Some(state), generation: None };
     let resolved = functions.resolve("default", "edited", &expected).await.unwrap().unwrap();
     assert!(
         matches!(&resolved.spec.code, Code::File { contents, .. } if contents == new_source.as_bytes()),
@@ -367,13 +367,14 @@ async fn an_environment_edited_a_moment_ago_applies_even_while_the_watch_still_h
     let id = cluster.ready_function("configured", 0).await;
     cached(&functions, "configured", id).await;
     let state = cluster.row_state("configured").await;
-    let before = Expected { id, state: Some(state) };
+    let before = Expected { id, state: Some(state), generation: None };
     functions.resolve("default", "configured", &before).await.unwrap().unwrap();
     assert_eq!(wire.function_reads("configured"), 0, "served from the watch");
 
     wire.hold_watch_events(true);
     cluster.edit_env("configured", "MODE", "new").await;
-    let after = Expected { id, state: Some(cluster.row_state("configured").await) };
+    let after =
+        Expected { id, state: Some(cluster.row_state("configured").await), generation: None };
     let resolved = functions.resolve("default", "configured", &after).await.unwrap().unwrap();
     assert_eq!(resolved.spec.env.get("MODE").map(String::as_str), Some("new"));
     assert_eq!(wire.function_reads("configured"), 1, "read from the API server");

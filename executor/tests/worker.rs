@@ -14,7 +14,7 @@ use std::{
 };
 
 use kubefaas_core::{
-    queue::{Completions, Job, Queue, QueueConfig, Waited},
+    queue::{Completions, Job, Notice, Queue, QueueConfig, Waited, live::Carried},
     store::{FunctionRecord, InvocationRow, Status, Store},
 };
 use kubefaas_executor::{
@@ -326,4 +326,132 @@ async fn a_queued_invocation_whose_message_was_lost_is_swept_back_onto_the_queue
     let row = h.finished(id).await;
     assert_eq!(row.status, Status::Succeeded);
     assert_eq!(row.result.unwrap()["greeting"], "hello lost");
+}
+
+/// A synchronous call as the gateway hands it over: carried whole by its job, no row.
+async fn submit_carried(
+    h: &Harness,
+    function_id: Uuid,
+    name: &str,
+    payload: Value,
+    retry: (i32, bool),
+) -> Uuid {
+    let mut new = support::new_invocation(function_id, name, payload, 30);
+    (new.max_attempts, new.retry_on_function_error) = retry;
+    let row = new.queued_row(chrono::Utc::now());
+    let mut job = Job::new(row.id, function_id, "default", name);
+    job.carried = Some(Arc::new(Carried { row: row.clone(), generation: 1 }));
+    h.queue.submit_carried(&job).await.unwrap();
+    row.id
+}
+
+impl Harness {
+    /// Waits until `id`'s row is in the store, written behind by the worker.
+    async fn written(&self, id: Uuid) -> InvocationRow {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        loop {
+            if let Some(row) = self.store.invocation(id).await.unwrap() {
+                return row;
+            }
+            let live = self.queue.live(id).await.unwrap();
+            assert!(tokio::time::Instant::now() < deadline, "never written; live: {live:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the live row of `id` satisfies `done`.
+    async fn live_until(&self, id: Uuid, done: impl Fn(&InvocationRow) -> bool) -> InvocationRow {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        loop {
+            let live = self.queue.live(id).await.unwrap();
+            if let Some(row) = live.as_ref().filter(|row| done(row)) {
+                return row.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "live row never got there: {live:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_call_runs_without_a_row_is_announced_with_its_outcome_and_written_behind() {
+    let h = Harness::new().await;
+    let function = h.function("greeter", GREETER, 30).await;
+    let (completions, _listener) =
+        Completions::start(h.redis.clone(), h.queue.keys()).await.unwrap();
+    let mut notices = completions.notices();
+    let id = submit_carried(&h, function, "greeter", json!({"name": "live"}), (1, false)).await;
+    assert_eq!(h.store.invocation(id).await.unwrap(), None, "no row while it waits");
+    assert_eq!(h.queue.live(id).await.unwrap().unwrap().status, Status::Queued);
+
+    let _worker = h.start(h.worker_config("exec-live"));
+    let announced = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if let Ok(Notice::Completed(completion)) = notices.recv().await
+                && completion.id == id
+            {
+                return completion;
+            }
+        }
+    })
+    .await
+    .expect("the completion is announced");
+    assert_eq!(announced.status, "succeeded");
+    let expected = json!({"greeting": "hello live", "request": id.to_string()});
+    assert_eq!(announced.outcome.as_ref().map(|o| &o.result), Some(&expected));
+
+    let row = h.written(id).await;
+    assert_eq!((row.status, row.attempts), (Status::Succeeded, 1));
+    assert_eq!(row.source, kubefaas_core::store::Source::Sync);
+    assert_eq!(row.result, Some(expected));
+    assert!(row.logs.as_deref().unwrap_or_default().contains("greeting live"), "{:?}", row.logs);
+    assert!(row.metrics.and_then(|m| m.duration_ms).is_some());
+    assert!(row.started_at.is_some() && row.completed_at >= row.started_at);
+    // Once written, the store answers for it: the live key is dropped.
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while h.queue.live(id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "live key never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.pending().await, 0, "the entry was acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_carried_call_reads_as_running_and_is_run_again_when_its_executor_dies() {
+    let h = Harness::new().await;
+    let function = h.function("sleeper", SLEEPER, 30).await;
+    let id = submit_carried(&h, function, "sleeper", json!({"sleep": 0.5}), (3, false)).await;
+
+    // An executor takes the entry and dies without a word.
+    let mut dead = h.queue.consumer("exec-dead").await.unwrap();
+    assert_eq!(dead.claim(1, Duration::from_secs(1)).await.unwrap().len(), 1);
+    drop(dead);
+
+    let mut config = h.worker_config("exec-c");
+    config.lease = Duration::from_millis(300);
+    let _worker = h.start(config);
+    let running = h.live_until(id, |row| row.status == Status::Running).await;
+    assert_eq!(running.lease_owner.as_deref(), Some("exec-c"));
+    assert_eq!(running.attempts, 2, "the takeover is the second attempt");
+    assert_eq!(h.store.invocation(id).await.unwrap(), None, "still no row while it runs");
+
+    let row = h.written(id).await;
+    assert_eq!((row.status, row.attempts), (Status::Succeeded, 2));
+    assert_eq!(row.result, Some(json!("woke")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_call_is_retried_by_its_own_policy_through_the_delayed_set() {
+    let h = Harness::new().await;
+    let function = h.function("raiser", RAISER, 30).await;
+    let id = submit_carried(&h, function, "raiser", json!("x"), (2, true)).await;
+    let _worker = h.start(h.worker_config("exec-r"));
+
+    // Between the attempts the live row says what the first one died of.
+    let waiting = h.live_until(id, |row| row.status == Status::Queued && row.error.is_some()).await;
+    assert_eq!(waiting.attempts, 1);
+    assert_eq!(waiting.error.unwrap().type_, "ValueError");
+    let row = h.written(id).await;
+    assert_eq!((row.status, row.attempts), (Status::Failed, 2), "{:?}", row.error);
+    assert_eq!(row.error.unwrap().type_, "ValueError");
 }

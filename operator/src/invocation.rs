@@ -130,8 +130,9 @@ async fn start(
             return invalid(invocation, namespace, &current, &errors, ctx).await;
         }
         Err(SubmitError::Store(error)) => return Err(error.into()),
-        // Only a `Submitter` answers these; kept apart so a new kind of refusal is not lost.
-        Err(error @ (SubmitError::Batch(_) | SubmitError::Stopped)) => {
+        // Only a `Submitter` or a carried submission answers these; kept apart so a new kind
+        // of refusal is not lost.
+        Err(error @ (SubmitError::Batch(_) | SubmitError::Stopped | SubmitError::Queue(_))) => {
             return Err(Error::Submit(error));
         }
     };

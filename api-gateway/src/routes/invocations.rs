@@ -13,7 +13,7 @@ use axum::{
 use kubefaas_core::{
     queue::{Completion, Waited},
     resources::{FailureKind, InvocationError},
-    store::{InvocationQuery, InvocationRow, Source, Status, StoreError},
+    store::{InvocationQuery, InvocationRow, Source, Status},
     submit::{self, Submission, SubmitError},
 };
 use uuid::Uuid;
@@ -107,25 +107,31 @@ pub(crate) async fn run_sync(
     let mut submission = Submission::new(Source::Sync, payload);
     submission.headers = headers;
     let id = submission.id;
-    // Registered before the submission, so no announcement can be missed and the row need not
-    // be read before the first one arrives.
+    // Registered before the submission, so no announcement can be missed and nothing need be
+    // read before the first one arrives.
     let expected = state.completions.expect(id);
-    let submitted = submit_to(state, namespace, name, submission).await?;
-    // The row is queued: the sweeper queues it again later, but this caller would wait for that.
-    if let Some(error) = submitted.enqueue_error {
-        return Err(ApiError::unavailable("Redis", &error).with_invocation(id));
-    }
-    let store = state.store.clone();
+    let function = admitted(state, namespace, name).await?;
+    submit::submit_carried(&state.queue, &state.settings.limits, &function, submission)
+        .await
+        .map_err(|e| submit_error(e, name))?;
+    let state = state.clone();
     let waited = expected
         .wait(state.settings.sync_timeout, |announced| {
-            let store = store.clone();
+            let state = state.clone();
             async move {
                 // An announcement that carries the outcome is the answer; otherwise the row is.
                 if let Some(finished) = announced.and_then(Finished::announced) {
                     return Ok(Some(finished));
                 }
-                let row = store.invocation(id).await?.filter(|r| r.status.is_terminal());
-                Ok::<_, StoreError>(row.map(Finished::from))
+                let row = live_or_stored(&state, id).await?.ok_or_else(|| {
+                    // Its live row was there when it was submitted: Redis lost it.
+                    ApiError::unavailable(
+                        "Redis",
+                        &format!("the call {id} was lost with Redis's data"),
+                    )
+                    .with_invocation(id)
+                })?;
+                Ok::<_, ApiError>(row.status.is_terminal().then(|| Finished::from(row)))
             }
         })
         .await?;
@@ -309,14 +315,25 @@ pub(crate) async fn invoke_async(
 /// refresh intervals.
 const BACKLOG_RETRY_AFTER_SECONDS: u64 = 1;
 
-/// Submits an invocation of the live function `namespace/name`, taken from the watch-backed
-/// cache, once its backlog admits it.
+/// Submits an invocation of the live function `namespace/name` once its backlog admits it.
 pub(crate) async fn submit_to(
     state: &AppState,
     namespace: &str,
     name: &str,
     submission: Submission,
 ) -> ApiResult<submit::Submitted> {
+    let function = admitted(state, namespace, name).await?;
+    let limits = &state.settings.limits;
+    state.submitter.submit(limits, &function, submission).await.map_err(|e| submit_error(e, name))
+}
+
+/// The live function `namespace/name`, taken from the watch-backed cache, once its backlog
+/// admits another invocation.
+async fn admitted(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+) -> ApiResult<std::sync::Arc<kubefaas_core::resources::Function>> {
     let function = state.functions.get(namespace, name).ok_or_else(|| {
         ApiError::not_found(format!("function {name:?} not found in namespace {namespace:?}"))
     })?;
@@ -332,8 +349,17 @@ pub(crate) async fn submit_to(
             Refused::Store(error) => error.into(),
         })?;
     }
-    let limits = &state.settings.limits;
-    state.submitter.submit(limits, &function, submission).await.map_err(|e| submit_error(e, name))
+    Ok(function)
+}
+
+/// Invocation `id` as it stands: a synchronous call's live row until it is written, else the
+/// store's row. The live row is read first: its writer drops it only once the store has it.
+pub(crate) async fn live_or_stored(state: &AppState, id: Uuid) -> ApiResult<Option<InvocationRow>> {
+    match state.queue.live(id).await {
+        Ok(Some(row)) => Ok(Some(row)),
+        Ok(None) => Ok(state.store.invocation(id).await?),
+        Err(error) => Err(ApiError::unavailable("Redis", &error)),
+    }
 }
 
 /// The HTTP answer to a refused submission.
@@ -344,6 +370,7 @@ fn submit_error(error: SubmitError, name: &str) -> ApiError {
         SubmitError::Deleted(_) => ApiError::not_found(format!("function {name:?} was deleted")),
         SubmitError::Store(error) => error.into(),
         SubmitError::Batch(error) => ApiError::unavailable("PostgreSQL", &error),
+        SubmitError::Queue(error) => ApiError::unavailable("Redis", &error),
         SubmitError::Stopped => ApiError::unavailable("the submission writer", &"stopped"),
     }
 }
@@ -437,7 +464,7 @@ pub(crate) async fn list(
 async fn find_invocation(state: &AppState, namespace: &str, id: &str) -> ApiResult<InvocationRow> {
     let uuid = Uuid::parse_str(id)
         .map_err(|_| ApiError::field("id", format!("{id:?} is not an invocation id (a UUID)")))?;
-    state.store.invocation(uuid).await?.filter(|row| row.namespace == namespace).ok_or_else(|| {
+    live_or_stored(state, uuid).await?.filter(|row| row.namespace == namespace).ok_or_else(|| {
         ApiError::not_found(format!("invocation {id} not found in namespace {namespace:?}"))
     })
 }

@@ -55,20 +55,7 @@ pub(crate) async fn record(
     payload: Value,
     timeout_seconds: i32,
 ) -> uuid::Uuid {
-    let new = kubefaas_core::store::NewInvocation {
-        id: uuid::Uuid::new_v4(),
-        function_id,
-        namespace: "default".into(),
-        function_name: name.into(),
-        resource_name: None,
-        source: kubefaas_core::store::Source::Sync,
-        payload: Some(payload),
-        headers: std::collections::BTreeMap::new(),
-        timeout_seconds,
-        max_attempts: 3,
-        backoff_seconds: 1,
-        retry_on_function_error: false,
-    };
+    let new = new_invocation(function_id, name, payload, timeout_seconds);
     store.create_invocation(&new).await.unwrap().into_row().id
 }
 
@@ -142,4 +129,27 @@ pub(crate) async fn fresh_store() -> (String, kubefaas_core::store::Store) {
         .unwrap();
     store.migrate().await.unwrap();
     (url, store)
+}
+
+/// A synchronous invocation of `name` with a fresh id, three attempts and a 1 s backoff.
+pub(crate) fn new_invocation(
+    function_id: uuid::Uuid,
+    name: &str,
+    payload: Value,
+    timeout_seconds: i32,
+) -> kubefaas_core::store::NewInvocation {
+    kubefaas_core::store::NewInvocation {
+        id: uuid::Uuid::new_v4(),
+        function_id,
+        namespace: "default".into(),
+        function_name: name.into(),
+        resource_name: None,
+        source: kubefaas_core::store::Source::Sync,
+        payload: Some(payload),
+        headers: std::collections::BTreeMap::new(),
+        timeout_seconds,
+        max_attempts: 3,
+        backoff_seconds: 1,
+        retry_on_function_error: false,
+    }
 }

@@ -46,7 +46,10 @@ use uuid::Uuid;
 use crate::{
     FunctionSpec, Invocation, Pool, Request, Scaling,
     error::{error_types, platform_error},
+    history::History,
 };
+
+mod carried;
 
 /// How long a job waits in the delayed set when PostgreSQL cannot be reached to claim it.
 const STORE_UNAVAILABLE_DELAY: Duration = Duration::from_secs(2);
@@ -184,6 +187,16 @@ pub struct ResolvedFunction {
     pub max_concurrency: usize,
 }
 
+/// What [`Worker::resolve_for`] found.
+enum Resolution {
+    /// The function, ready to run.
+    Ready(Arc<ResolvedFunction>),
+    /// It no longer exists: the invocation fails with this.
+    Gone(kubefaas_core::resources::InvocationError),
+    /// It could not be looked up: a platform failure, retried.
+    Unavailable(kubefaas_core::resources::InvocationError),
+}
+
 /// What PostgreSQL says of the function an invocation was claimed for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
@@ -193,12 +206,16 @@ pub struct Expected {
     /// when known. The operator records a changed Function in the row before it reports it
     /// ready, so a copy of the Function that says otherwise has not caught up.
     pub state: Option<FunctionState>,
+    /// The Function's generation that was ready when the invocation was submitted, when known
+    /// (a synchronous call, which the store was not asked about): a copy of an older generation
+    /// has not caught up.
+    pub generation: Option<i64>,
 }
 
 impl Expected {
     /// The function of row `id`, however it runs.
     pub fn id(id: Uuid) -> Self {
-        Self { id, state: None }
+        Self { id, state: None, generation: None }
     }
 }
 
@@ -288,10 +305,12 @@ pub struct Worker<S, O = NoObserver, B = Arc<Pool>> {
     functions: S,
     observer: O,
     concurrency: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    history: History,
 }
 
 impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
-    /// A worker over these parts.
+    /// A worker over these parts. Starts the writer of synchronous calls' history
+    /// ([`History`]) on the current tokio runtime.
     pub fn new(
         config: WorkerConfig,
         store: Store,
@@ -300,6 +319,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         functions: S,
         observer: O,
     ) -> Arc<Self> {
+        let history = History::start(store.clone(), queue.clone()).0;
         Arc::new(Self {
             config,
             store,
@@ -308,7 +328,13 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             functions,
             observer,
             concurrency: Mutex::default(),
+            history,
         })
+    }
+
+    /// The writer of synchronous calls' history.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Consumes the queue until `shutdown` resolves, then stops claiming and gives in-flight
@@ -368,6 +394,9 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             );
             running.abort_all();
         }
+        if tokio::time::timeout(grace, self.history.flush()).await.is_err() {
+            tracing::warn!("grace period over; finished calls not yet written are not recorded");
+        }
         Ok(())
     }
 
@@ -383,6 +412,9 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
 
     /// Handles one delivery from claim to acknowledgement.
     pub async fn process(&self, delivery: Delivery) -> Result<Handled, WorkerError> {
+        if let Some(carried) = delivery.job.carried.clone() {
+            return self.process_carried(delivery, carried).await;
+        }
         let job = delivery.job.clone();
         let claimed = self.store.claim(job.invocation_id, &self.config.name, self.config.lease);
         let claimed = match claimed.await {
@@ -409,30 +441,18 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             }
         };
 
-        let function = match self
-            .functions
-            .resolve(
-                &job.namespace,
-                &job.function,
-                &Expected { id: job.function_id, state: Some(function_state) },
-            )
-            .await
-        {
-            Ok(Some(function)) if function.id == job.function_id => function,
-            Ok(_) => {
-                let error = platform_error(
-                    error_types::FUNCTION_NOT_FOUND,
-                    format!("function {}/{} no longer exists", job.namespace, job.function),
-                );
+        let expected =
+            Expected { id: job.function_id, state: Some(function_state), generation: None };
+        let function = match self.resolve_for(&job, &expected).await {
+            Resolution::Ready(function) => function,
+            Resolution::Gone(error) => {
                 return self
                     .commit(&delivery, &lease, Outcome::failed(Status::Failed, error), None)
                     .await;
             }
-            Err(error) => {
-                // The platform's fault, and the claim counted an attempt: retried like any
-                // platform failure, up to the row's maxAttempts, then failed.
-                tracing::warn!(invocation = %job.invocation_id, error = %error, "cannot resolve function");
-                let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
+            // The platform's fault, and the claim counted an attempt: retried like any
+            // platform failure, up to the row's maxAttempts, then failed.
+            Resolution::Unavailable(failure) => {
                 return self.retry_or_fail(&delivery, &lease, &row, failure).await;
             }
         };
@@ -442,19 +462,10 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             payload: row.payload.clone().unwrap_or(serde_json::Value::Null),
             timeout: Duration::from_secs(u64::try_from(row.timeout_seconds).unwrap_or(1).max(1)),
         };
-        let run = {
-            let _slot = self.function_slot(&job, &function).acquire_owned().await;
-            let renewer = self.renew_while_running(lease.clone());
-            let run = self.backend.invoke(&job.namespace, &function, &request).await;
-            renewer.abort();
-            run
-        };
-        let run = match run {
+        let renewer = self.renew_while_running(lease.clone());
+        let run = match self.run_holding(&job, &function, &request, renewer).await {
             Ok(run) => run,
-            Err(error) => {
-                let failure = platform_error(error_types::INSTANCE_START_FAILED, error.to_string());
-                return self.retry_or_fail(&delivery, &lease, &row, failure).await;
-            }
+            Err(failure) => return self.retry_or_fail(&delivery, &lease, &row, failure).await,
         };
         let outcome = outcome_of(&run);
         if let Some(error) = outcome.error.clone()
@@ -470,6 +481,40 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             return self.retry(&delivery, &lease, &row, error, delay).await;
         }
         self.commit(&delivery, &lease, outcome, Some(&run)).await
+    }
+
+    /// The function `job` was submitted for, as `expected` says it runs.
+    async fn resolve_for(&self, job: &Job, expected: &Expected) -> Resolution {
+        match self.functions.resolve(&job.namespace, &job.function, expected).await {
+            Ok(Some(function)) if function.id == job.function_id => Resolution::Ready(function),
+            Ok(_) => Resolution::Gone(platform_error(
+                error_types::FUNCTION_NOT_FOUND,
+                format!("function {}/{} no longer exists", job.namespace, job.function),
+            )),
+            Err(error) => {
+                tracing::warn!(invocation = %job.invocation_id, error = %error, "cannot resolve function");
+                Resolution::Unavailable(platform_error(
+                    error_types::INSTANCE_START_FAILED,
+                    error.to_string(),
+                ))
+            }
+        }
+    }
+
+    /// Runs `request` on the backend within the function's concurrency bound, while `keeper`
+    /// renews the hold on the invocation; stops `keeper` when the run ends. A backend failure
+    /// is the platform's, as an error to retry or fail with.
+    async fn run_holding(
+        &self,
+        job: &Job,
+        function: &Arc<ResolvedFunction>,
+        request: &Request,
+        keeper: tokio::task::JoinHandle<()>,
+    ) -> Result<Invocation, kubefaas_core::resources::InvocationError> {
+        let _slot = self.function_slot(job, function).acquire_owned().await;
+        let run = self.backend.invoke(&job.namespace, function, request).await;
+        keeper.abort();
+        run.map_err(|error| platform_error(error_types::INSTANCE_START_FAILED, error.to_string()))
     }
 
     async fn commit(
@@ -621,6 +666,10 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                     "DeadLettered",
                     format!("given up after {} deliveries without an outcome", dead.deliveries),
                 );
+                if let Some(carried) = &job.carried {
+                    self.give_up_carried(carried, error).await?;
+                    continue;
+                }
                 if let Some(row) = self.store.fail_unclaimed(job.invocation_id, &error).await? {
                     self.queue.publish_completion(&announcement(&row)).await?;
                 }

@@ -2,7 +2,7 @@
 //!
 //! Delivery is at least once: a consumer group (`executors`) hands each entry of the invocation
 //! stream to one consumer, which acknowledges it when the invocation reached a terminal state in
-//! Postgres. Entries of a consumer that died are reclaimed by another one after a minimum idle
+//! Postgres (or, for a synchronous call carried whole by its job, in its live row: [`live`]). Entries of a consumer that died are reclaimed by another one after a minimum idle
 //! time ([`Consumer::reclaim`]); entries handed out more than
 //! [`QueueConfig::max_deliveries`] times go to the dead-letter stream instead. Exactly-once in
 //! effect comes from the compare-and-set transitions on the invocation row, not from here.
@@ -38,6 +38,8 @@ use tokio::{
     time::{Instant, sleep, sleep_until, timeout},
 };
 use uuid::Uuid;
+
+pub mod live;
 
 /// The consumer group every executor reads the invocation stream through.
 pub const GROUP: &str = "executors";
@@ -137,6 +139,15 @@ pub enum QueueError {
         #[source]
         source: RedisError,
     },
+    /// Reading or writing a synchronous invocation's live row failed.
+    #[error("could not keep the live row of invocation {invocation_id}")]
+    Live {
+        /// The invocation.
+        invocation_id: Uuid,
+        /// What Redis said.
+        #[source]
+        source: RedisError,
+    },
     /// Subscribing to the completion channel failed.
     #[error("could not subscribe to completion channel {channel}")]
     Subscribe {
@@ -157,6 +168,7 @@ pub struct Keys {
     delayed: String,
     dead: String,
     completions: String,
+    live: String,
 }
 
 impl Keys {
@@ -167,7 +179,14 @@ impl Keys {
             delayed: format!("{prefix}:delayed"),
             dead: format!("{prefix}:dead"),
             completions: format!("{prefix}:done"),
+            live: format!("{prefix}:live:"),
         }
+    }
+
+    /// Where a synchronous invocation's row is kept until it is written to the store
+    /// (`{prefix}:live:<id>`); see [`live`].
+    pub fn live(&self, id: Uuid) -> String {
+        format!("{}{id}", self.live)
     }
 
     /// The invocation stream (`{prefix}:invocations`).
@@ -220,7 +239,7 @@ impl Default for QueueConfig {
 }
 
 /// One invocation to run, as it travels through the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     /// The invocation's id (its Postgres row).
     pub invocation_id: Uuid,
@@ -232,6 +251,9 @@ pub struct Job {
     pub function: String,
     /// When the invocation was first enqueued, in ms since the Unix epoch; kept across retries.
     pub enqueued_at_ms: u64,
+    /// A synchronous invocation travels whole with its job and has no row until it finished
+    /// ([`live`]); every other job names a row.
+    pub carried: Option<Arc<live::Carried>>,
 }
 
 mod field {
@@ -240,6 +262,7 @@ mod field {
     pub(super) const NAMESPACE: &str = "namespace";
     pub(super) const FUNCTION: &str = "function";
     pub(super) const ENQUEUED_AT_MS: &str = "enqueued_at_ms";
+    pub(super) const CARRIED: &str = "carried";
     // Fields the dead-letter script adds in front of the job's own.
     pub(super) const REASON: &str = "reason";
     pub(super) const ATTEMPTS: &str = "attempts";
@@ -260,24 +283,32 @@ impl Job {
             namespace: namespace.into(),
             function: function.into(),
             enqueued_at_ms: now_ms(),
+            carried: None,
         }
     }
 
     /// The job as stream field/value pairs.
-    fn fields(&self) -> [(&'static str, String); 5] {
-        [
+    fn fields(&self) -> Result<Vec<(&'static str, String)>> {
+        let mut fields = vec![
             (field::INVOCATION_ID, self.invocation_id.to_string()),
             (field::FUNCTION_ID, self.function_id.to_string()),
             (field::NAMESPACE, self.namespace.clone()),
             (field::FUNCTION, self.function.clone()),
             (field::ENQUEUED_AT_MS, self.enqueued_at_ms.to_string()),
-        ]
+        ];
+        if let Some(carried) = &self.carried {
+            let encoded = serde_json::to_string(carried.as_ref()).map_err(|e| {
+                QueueError::UnexpectedReply { operation: "encode job", detail: e.to_string() }
+            })?;
+            fields.push((field::CARRIED, encoded));
+        }
+        Ok(fields)
     }
 
     /// The job as a member of the delayed set: a JSON array of field, value, field, value…,
     /// which the promote script passes to `XADD` as it is.
     fn delayed_member(&self) -> Result<String> {
-        let fields = self.fields();
+        let fields = self.fields()?;
         let flat: Vec<&str> =
             fields.iter().flat_map(|(name, value)| [*name, value.as_str()]).collect();
         // Serialising a list of strings cannot fail; map the impossible error rather than panic.
@@ -312,12 +343,21 @@ impl Job {
             namespace: text(map, field::NAMESPACE)?,
             function: text(map, field::FUNCTION)?,
             enqueued_at_ms: parsed(map, field::ENQUEUED_AT_MS)?,
+            carried: match map.get(field::CARRIED) {
+                None => None,
+                Some(_) => {
+                    let raw = text(map, field::CARRIED)?;
+                    let carried = serde_json::from_str(&raw)
+                        .map_err(|e| format!("field {} is invalid: {e}", field::CARRIED))?;
+                    Some(Arc::new(carried))
+                }
+            },
         })
     }
 }
 
 /// A job handed to a consumer, not yet acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// The stream entry id; acknowledging, retrying and dead-lettering go by it.
     pub entry_id: String,
@@ -328,7 +368,7 @@ pub struct Delivery {
 }
 
 /// What [`Consumer::reclaim`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reclaimed {
     /// Entries now owned by the reclaiming consumer, to be run.
     pub deliveries: Vec<Delivery>,
@@ -338,7 +378,7 @@ pub struct Reclaimed {
 }
 
 /// An entry [`Consumer::reclaim`] moved to the dead-letter stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Abandoned {
     /// Its id in the invocation stream.
     pub entry_id: String,
@@ -350,7 +390,7 @@ pub struct Abandoned {
 }
 
 /// An entry of the dead-letter stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     /// Id of the dead-letter entry.
     pub entry_id: String,
@@ -573,6 +613,7 @@ struct Scripts {
     dead_letter: Script,
     trim: Script,
     stats: Script,
+    hold: Script,
 }
 
 /// A handle on the queue: cheap to clone, all clones share one multiplexed connection that
@@ -606,6 +647,7 @@ impl Queue {
                 dead_letter: Script::new(DEAD_LETTER),
                 trim: Script::new(TRIM),
                 stats: Script::new(STATS),
+                hold: Script::new(live::HOLD),
             }),
         })
     }
@@ -637,7 +679,7 @@ impl Queue {
         redis::cmd("XADD")
             .arg(self.keys.stream())
             .arg("*")
-            .arg(&job.fields()[..])
+            .arg(&job.fields()?[..])
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|source| QueueError::Enqueue { invocation_id: job.invocation_id, source })
@@ -650,7 +692,7 @@ impl Queue {
         let Some(first) = jobs.first() else { return Ok(()) };
         let mut pipe = redis::pipe();
         for job in jobs {
-            pipe.cmd("XADD").arg(self.keys.stream()).arg("*").arg(&job.fields()[..]).ignore();
+            pipe.cmd("XADD").arg(self.keys.stream()).arg("*").arg(&job.fields()?[..]).ignore();
         }
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
@@ -1449,6 +1491,7 @@ mod tests {
             namespace: "default".into(),
             function: "hello".into(),
             enqueued_at_ms: 1_700_000_000_123,
+            carried: None,
         }
     }
 
@@ -1466,10 +1509,47 @@ mod tests {
         let job = job();
         let map = job
             .fields()
+            .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), Value::BulkString(v.into_bytes())))
             .collect();
         assert_eq!(Job::from_fields(&map), Ok(job));
+    }
+
+    #[test]
+    fn a_carried_invocation_travels_whole_through_the_fields_and_the_delayed_set() {
+        let mut job = job();
+        let new = crate::store::NewInvocation {
+            id: job.invocation_id,
+            function_id: job.function_id,
+            namespace: job.namespace.clone(),
+            function_name: job.function.clone(),
+            resource_name: None,
+            source: crate::store::Source::Sync,
+            payload: Some(serde_json::json!({"big": [1, 2, 3]})),
+            headers: [("x-trace".to_owned(), "t".to_owned())].into(),
+            timeout_seconds: 7,
+            max_attempts: 2,
+            backoff_seconds: 1,
+            retry_on_function_error: true,
+        };
+        let row = new.queued_row(chrono::Utc::now());
+        job.carried = Some(Arc::new(live::Carried { row, generation: 4 }));
+        let map = job
+            .fields()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::BulkString(v.into_bytes())))
+            .collect();
+        assert_eq!(Job::from_fields(&map), Ok(job.clone()));
+        let member: Vec<String> =
+            serde_json::from_str(&job.delayed_member().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(member.len(), 12);
+        assert_eq!(member[10], "carried");
+        let mut bad: HashMap<String, Value> = map;
+        bad.insert("carried".into(), Value::BulkString(b"{}".to_vec()));
+        let error = Job::from_fields(&bad).err().unwrap_or_default();
+        assert!(error.contains("field carried is invalid"), "{error}");
     }
 
     #[test]
@@ -1486,6 +1566,7 @@ mod tests {
     fn malformed_job_names_the_bad_field() {
         let mut map: HashMap<String, Value> = job()
             .fields()
+            .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), Value::BulkString(v.into_bytes())))
             .collect();
