@@ -441,9 +441,24 @@ async fn attempt(pod: &Value, event: Value) -> Value {
     answer["result"].clone()
 }
 
-/// The host directory of a volume of a pod of `node`.
+/// The host directory of a ConfigMap volume of a pod of `node`.
 fn volume_on_host(node: &Node, pod: &Value, volume: &str) -> PathBuf {
     node.dir.join(pod["status"]["podIP"].as_str().unwrap()).join("volumes").join(volume)
+}
+
+/// `path` inside the container of `pod`, as the host sees it: below `/proc/<pid>/root` of the
+/// pod's watchdog (found by the listen address in its environment).
+fn in_container_on_host(pod: &Value, path: &str) -> PathBuf {
+    let listen = format!("KUBEFAAS_LISTEN={}:8080", pod["status"]["podIP"].as_str().unwrap());
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|p| {
+            let environ = std::fs::read(p.path().join("environ")).unwrap_or_default();
+            environ.split(|b| *b == 0).any(|v| v == listen.as_bytes())
+        })
+        .expect("the pod's watchdog on the host");
+    pid.path().join("root").join(path.trim_start_matches('/'))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,7 +551,7 @@ async fn a_function_cannot_read_another_functions_code_or_temporary_files() {
     .await;
     assert_eq!(wrote["/tmp/secret"], "written");
     // Where the victim's files are on the host: the test can read them there.
-    let secret = volume_on_host(&node, &victim, "tmp").join("secret");
+    let secret = in_container_on_host(&victim, "/tmp/secret");
     let code = volume_on_host(&node, &victim, "code").join("handler.py");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "the victim's secret");
     assert!(std::fs::read_to_string(&code).unwrap().contains("def main"));

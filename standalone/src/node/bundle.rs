@@ -1,10 +1,8 @@
 //! Containers on this machine: what of the host a container sees ([`HostView`]), its bundle
 //! (a root file system of empty mount points and symlinks, a synthesized `/etc`, and
-//! `config.json` from `oci.rs`), the `runc` that runs it ([`Runtime`]), and the size-limited
-//! tmpfs of `emptyDir` volumes.
+//! `config.json` from `oci.rs`) and the `runc` that runs it ([`Runtime`]).
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -230,7 +228,7 @@ impl Bundle<'_> {
         let mut mounts = self.host.mounts(&etc);
         mounts.push(Mount::bind_ro(self.watchdog, WATCHDOG_PATH));
         if let Some(bytes) = self.tmp_bytes {
-            mounts.push(Mount::tmpfs("/tmp", bytes));
+            mounts.push(Mount::tmpfs("/tmp", bytes, false));
         }
         mounts.extend(self.volumes.iter().cloned());
         container.mounts = mounts;
@@ -313,30 +311,6 @@ impl Runtime {
             .kill_on_drop(true)
             .status();
         let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
-    }
-}
-
-/// Mounts a tmpfs of at most `bytes` at `dir`, writable by every user, for an `emptyDir`. Its
-/// pages are charged to the memory cgroup of the container that writes them.
-pub(crate) fn mount_tmpfs(dir: &Path, bytes: u64) -> std::io::Result<()> {
-    use rustix::mount::{MountFlags, mount};
-    let data = CString::new(format!("size={bytes},mode=0777")).map_err(std::io::Error::other)?;
-    mount("tmpfs", dir, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, data.as_c_str())
-        .map_err(std::io::Error::from)
-}
-
-/// Unmounts every mount at or below `dir` (deepest first); what is not mounted is skipped.
-pub(crate) fn unmount_below(dir: &Path) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for point in points {
-        let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
     }
 }
 

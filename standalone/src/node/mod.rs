@@ -200,14 +200,6 @@ impl NodeAgent {
             tracing::error!(%why, "the node agent cannot run containers; every pod is refused");
         }
         tracing::info!(watchdog = %config.watchdog.display(), work_dir = %config.work_dir.display(), pod_addresses = %format!("127.{block}.0.0/16"), ?cgroups, "node agent starting");
-        // emptyDir tmpfs that a killed agent with the same block left in this directory: pod
-        // directories are named by address, and no live agent but this one uses the block.
-        let ours = format!("127.{block}.");
-        for entry in std::fs::read_dir(&config.work_dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&ours) {
-                bundle::unmount_below(&entry.path());
-            }
-        }
         let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
             .into_iter()
             .map(PathBuf::from)

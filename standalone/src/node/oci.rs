@@ -103,13 +103,15 @@ impl Mount {
         }
     }
 
-    /// A private tmpfs of at most `bytes`, writable by every user (like `/tmp`).
-    pub(crate) fn tmpfs(destination: &str, bytes: u64) -> Self {
+    /// A private tmpfs of at most `bytes`, writable by every user (like `/tmp`) unless
+    /// `read_only`.
+    pub(crate) fn tmpfs(destination: &str, bytes: u64, read_only: bool) -> Self {
+        let mode = if read_only { "ro" } else { "rw" };
         Self {
             destination: destination.to_owned(),
             kind: "tmpfs".into(),
             source: "tmpfs".into(),
-            options: ["nosuid", "nodev", "mode=1777"]
+            options: [mode, "nosuid", "nodev", "mode=1777"]
                 .map(String::from)
                 .into_iter()
                 .chain([format!("size={bytes}")])
@@ -430,7 +432,10 @@ mod tests {
             pids_limit: 512,
             swap_accounting: true,
             open_files: 20_000,
-            mounts: vec![Mount::bind_ro(Path::new("/usr"), "/usr"), Mount::tmpfs("/tmp", 1 << 20)],
+            mounts: vec![
+                Mount::bind_ro(Path::new("/usr"), "/usr"),
+                Mount::tmpfs("/tmp", 1 << 20, false),
+            ],
             cgroups_path: "/kubefaas-node-1/c".into(),
             hostname: "p".into(),
         };

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::bundle::{self, Bundle, Runtime, WATCHDOG_PATH};
+use super::bundle::{Bundle, Runtime, WATCHDOG_PATH};
 use super::oci::{self, Mount};
 use super::process::kill_group;
 use super::spec::{self, Plan, Refusal, VolumeSource};
@@ -174,7 +174,6 @@ pub(crate) async fn run(
         }
     }
     while supervisors.join_next().await.is_some() {}
-    bundle::unmount_below(&dir);
     if let Err(error) = tokio::fs::remove_dir_all(&dir).await
         && error.kind() != std::io::ErrorKind::NotFound
     {
@@ -225,26 +224,38 @@ async fn env_from(
     }
 }
 
-/// A volume of the pod on this machine: its directory, and whether containers may only read it
-/// (ConfigMaps, as on a kubelet).
-type Volumes = BTreeMap<String, (PathBuf, bool)>;
+/// A volume of the pod on this machine.
+#[derive(Clone, Debug)]
+enum PodVolume {
+    /// A directory of the pod, read-only in containers (ConfigMaps, as on a kubelet).
+    ReadOnly(PathBuf),
+    /// A tmpfs of this many bytes in each container that mounts it (an `emptyDir`).
+    Tmpfs(u64),
+}
+
+type Volumes = BTreeMap<String, PodVolume>;
 
 /// The mounts of the pod's volumes that `plan` asks for.
 fn volume_mounts(plan: &Plan, volumes: &Volumes) -> Result<Vec<Mount>, Refusal> {
     plan.mounts
         .iter()
         .map(|m| {
-            let (dir, read_only) = volumes.get(&m.volume).ok_or_else(|| Refusal {
+            let volume = volumes.get(&m.volume).ok_or_else(|| Refusal {
                 reason: "CreateContainerConfigError",
                 message: format!("volumeMounts {:?}: the pod has no such volume", m.volume),
             })?;
-            Ok(Mount::bind(dir, &m.path, *read_only || m.read_only))
+            Ok(match volume {
+                PodVolume::ReadOnly(dir) => Mount::bind_ro(dir, &m.path),
+                PodVolume::Tmpfs(bytes) => Mount::tmpfs(&m.path, *bytes, m.read_only),
+            })
         })
         .collect()
 }
 
 /// Makes the pod's directories and volumes (an `emptyDir` is a tmpfs of its `sizeLimit`, else
-/// the agent's default). `Err(Some)` reports a refusal, `Err(None)` a stop.
+/// the agent's default, made by runc in the container's own mount namespace, so nothing of it
+/// outlives the container, even when the agent is killed). `Err(Some)` reports a refusal,
+/// `Err(None)` a stop.
 async fn prepare(
     agent: &Agent,
     pod: &Pod,
@@ -265,13 +276,13 @@ async fn prepare(
         })
     };
     for (volume, source) in volumes {
-        let target = dir.join("volumes").join(&volume);
-        tokio::fs::create_dir_all(&target).await.map_err(io_refusal)?;
-        let read_only = matches!(source, VolumeSource::ConfigMap { .. });
         if let VolumeSource::EmptyDir { size_limit } = source {
             let bytes = size_limit.unwrap_or(agent.config.empty_dir_bytes);
-            bundle::mount_tmpfs(&target, bytes).map_err(io_refusal)?;
+            dirs.insert(volume, PodVolume::Tmpfs(bytes));
+            continue;
         }
+        let target = dir.join("volumes").join(&volume);
+        tokio::fs::create_dir_all(&target).await.map_err(io_refusal)?;
         if let VolumeSource::ConfigMap { name: cm, items, optional } = source {
             loop {
                 match config_maps.get_opt(&cm).await {
@@ -299,7 +310,7 @@ async fn prepare(
                 }
             }
         }
-        dirs.insert(volume, (target, read_only));
+        dirs.insert(volume, PodVolume::ReadOnly(target));
     }
     Ok(dirs)
 }
