@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on Debian/Ubuntu: PostgreSQL server binaries, redis-server, and the
-# interpreters and toolchains the runtimes run (python3, node, go).
+# interpreters and toolchains the runtimes run (python3, node, go), and runc, the OCI runtime the
+# standalone node agent runs runtime pods in.
 # Idempotent and quick when everything is present; never starts or touches system services.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null || missing+=(nodejs)
 command -v go >/dev/null || [[ -x /usr/lib/go/bin/go ]] || missing+=(golang-go)
+command -v runc >/dev/null || [[ -x /usr/sbin/runc ]] || missing+=(runc)
 
 if ((${#missing[@]} == 0)); then
   exit 0

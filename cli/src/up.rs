@@ -2,7 +2,7 @@
 //!
 //! Starts the standalone control plane and its node agent, installs the CRDs, then runs the
 //! operator, the executor (by default with the `kubernetes` backend: runtime pods that the node
-//! agent runs as sandboxed local processes) and the gateway against the given PostgreSQL and
+//! agent runs as `runc` containers) and the gateway against the given PostgreSQL and
 //! Redis, until Ctrl-C or SIGTERM, and stops them all cleanly.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -29,10 +29,13 @@ pub(crate) enum Auth {
 /// Where the executor runs function instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Backend {
-    /// Runtime pods, run by the standalone node agent as sandboxed local processes (needs
-    /// `kubefaas-watchdog` next to `kubefaas` or on the PATH).
+    /// Runtime pods, run by the standalone node agent as runc containers with the pods'
+    /// security context (needs root, `runc`, and `kubefaas-watchdog` next to `kubefaas` or on
+    /// the PATH).
     Kubernetes,
-    /// Sandboxed processes started by the executor itself.
+    /// Processes started by the executor itself, as this user, seeing this machine's files:
+    /// unsafe for untrusted code (see `executor/SANDBOX.md`).
+    #[value(name = "local-unsafe")]
     Local,
 }
 

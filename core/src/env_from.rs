@@ -1,7 +1,7 @@
 //! `envFrom`: environment variables taken from every key of a ConfigMap or a Secret.
 //!
 //! Kubernetes resolves a pod's `envFrom` in the kubelet. Two places here stand in for it: the
-//! standalone node agent, which runs runtime pods as local processes, and the executor's local
+//! standalone node agent, which runs runtime pods as `runc` containers, and the executor's local
 //! backend, which runs instances with no pod at all. Both read the objects through the API
 //! server and merge them with the rules of the kubelet:
 //!

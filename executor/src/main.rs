@@ -15,7 +15,10 @@ use tracing_subscriber::EnvFilter;
 /// Where function instances run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Backend {
-    /// Sandboxed processes on this machine (cgroup limits where the host allows).
+    /// Processes on this machine with cgroup limits where the host allows, but as the
+    /// executor's user, seeing its file system and network: unsafe for untrusted code (see
+    /// `executor/SANDBOX.md`). Never the default.
+    #[value(name = "local-unsafe")]
     Local,
     /// Runtime pods created through the Kubernetes API (a node agent runs them in standalone
     /// mode).
@@ -35,8 +38,9 @@ struct Flags {
     /// Prefix of every Redis key; the operator must use the same.
     #[arg(long, env = "KUBEFAAS_QUEUE_PREFIX", default_value = "kubefaas")]
     queue_prefix: String,
-    /// Where function instances run.
-    #[arg(long, env = "KUBEFAAS_BACKEND", value_enum, default_value = "local")]
+    /// Where function instances run: runtime pods (`kubernetes`), or `local-unsafe` processes of
+    /// the executor's own machine, which are not isolated enough for untrusted code.
+    #[arg(long, env = "KUBEFAAS_BACKEND", value_enum, default_value = "kubernetes")]
     backend: Backend,
     /// Registry prefix of runtime images for the kubernetes backend (e.g. `registry.example/kf`).
     #[arg(long, env = "KUBEFAAS_IMAGE_PREFIX", default_value = "")]

@@ -89,7 +89,7 @@ pub async fn run(
     run_with_client(config, client, shutdown).await
 }
 
-/// [`run`] over a given client: what `kubefaas up --backend local` uses in-process.
+/// [`run`] over a given client: what `kubefaas up --backend local-unsafe` uses in-process.
 pub async fn run_with_client(
     config: ExecutorConfig,
     client: kube::Client,

@@ -625,22 +625,23 @@ async fn wait_finished(
 
 /// 200 invocations, run in runtime pods of the node agent (the kubernetes backend, as `kubefaas
 /// up` runs them), through an executor SIGKILL, an operator kill and a Redis restart with its
-/// data wiped. Each function run appends its invocation id to a file, so executions are counted,
-/// not inferred.
+/// data wiped. Each function run sends its invocation id to a listener of the test (the pods
+/// share the host's network; their file system is their own), so executions are counted, not
+/// inferred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
     const COUNT: usize = 200;
     let scratch = std::env::temp_dir().join(format!("kubefaas-faults-{}", Uuid::new_v4().simple()));
     let mut redis = PrivateRedis::start(scratch.join("redis")).await;
     let mut platform = Platform::start_with(redis.url(), true).await;
-    let executions = platform.dir.join("executions");
+    let executions = Executions::listen();
     platform
         .apply(&function(
             "counter",
             "python",
             "main.handler",
-            "import os, time\ndef handler(event, context):\n    with open(os.environ['EXECUTIONS'], 'a') as f:\n        f.write(context.aws_request_id + '\\n')\n    time.sleep(0.2)\n    return {'num': event['num']}",
-            &format!("  env:\n    EXECUTIONS: {}\n  maxConcurrency: 8\n  scaling:\n    maxInstances: 8\n", executions.display()),
+            "import os, socket, time\ndef handler(event, context):\n    with socket.create_connection(('127.0.0.1', int(os.environ['EXECUTIONS_PORT']))) as s:\n        s.sendall((context.aws_request_id + '\\n').encode())\n    time.sleep(0.2)\n    return {'num': event['num']}",
+            &format!("  env:\n    EXECUTIONS_PORT: \"{}\"\n  maxConcurrency: 8\n  scaling:\n    maxInstances: 8\n", executions.port),
         ))
         .await;
     platform.wait_phase("function/counter", "Ready").await;
@@ -706,9 +707,8 @@ async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
     }
 
     // Executions: at least one per invocation; more only for attempts cut short by a failure.
-    let log = std::fs::read_to_string(&executions).unwrap();
-    let runs: Vec<&str> = log.lines().collect();
-    let distinct: std::collections::BTreeSet<&str> = runs.iter().copied().collect();
+    let runs = executions.at_least(COUNT).await;
+    let distinct: std::collections::BTreeSet<&str> = runs.iter().map(String::as_str).collect();
     assert_eq!(distinct.len(), COUNT, "every invocation ran");
     eprintln!(
         "{COUNT} invocations, {} executions ({} repeated after failures)",
@@ -721,4 +721,43 @@ async fn nothing_is_lost_when_executor_operator_and_redis_fail_mid_stream() {
         runs.len() - COUNT
     );
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// A listener that collects the invocation ids functions send it, one a line per connection.
+struct Executions {
+    port: u16,
+    ids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Executions {
+    fn listen() -> Self {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ids = std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default();
+        let collected = std::sync::Arc::clone(&ids);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut text = String::new();
+                let _ = stream.read_to_string(&mut text);
+                let mut ids = collected.lock().unwrap();
+                ids.extend(text.lines().map(str::to_owned));
+            }
+        });
+        Self { port, ids }
+    }
+
+    /// Every id received once `count` distinct ones have arrived (a sender's bytes may still
+    /// be on their way when its invocation shows as finished).
+    async fn at_least(&self, count: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let ids = self.ids.lock().unwrap().clone();
+            let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+            if distinct.len() >= count || tokio::time::Instant::now() >= deadline {
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

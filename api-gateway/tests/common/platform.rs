@@ -103,7 +103,14 @@ impl Platform {
             command(
                 "executor",
                 binary("kubefaas-executor"),
-                &["--http-addr", "127.0.0.1:0", "--work-dir", work.to_str().unwrap()],
+                &[
+                    "--http-addr",
+                    "127.0.0.1:0",
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                    "--backend",
+                    "local-unsafe",
+                ],
             )
             .spawn()
             .unwrap(),

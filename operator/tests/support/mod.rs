@@ -173,7 +173,7 @@ impl Platform {
                 "--lease-seconds",
                 "3",
                 "--backend",
-                if self.node_dir.is_some() { "kubernetes" } else { "local" },
+                if self.node_dir.is_some() { "kubernetes" } else { "local-unsafe" },
                 // Two go pods may build their code at once, each compiling the standard library
                 // with a cold cache, on a two-core machine busy with other tests.
                 "--pod-start-timeout-seconds",

@@ -1,37 +1,29 @@
-//! One cgroup per container, the way a kubelet gives each container its own: the memory limit
-//! (no swap on top), the CPU quota, and the kernel's OOM-kill counter, which is how the agent
-//! tells an `OOMKilled` container from one that crashed.
+//! One cgroup per container, the way a kubelet gives each container its own. `runc` makes it
+//! and writes the limits (memory with no swap on top, CPU quota, pids) from the bundle's
+//! `cgroupsPath`; the agent picks that path below its own group, reads the kernel's OOM-kill
+//! counter from it (how it tells an `OOMKilled` container from one that crashed) and kills
+//! what is left in it.
 //!
-//! cgroup v1 (a `memory` and a `cpu` hierarchy) and v2 are both handled. On v1 the kernel kills
-//! one process of the group when it is over its limit; the agent then kills the rest, which is
-//! what `memory.oom.group = 1` does on v2 and what a kubelet on v2 configures. Where no cgroup
-//! is writable the agent runs containers without one (see the crate README).
+//! cgroup v1 and v2 are both handled. On v1 the kernel kills one process of the group when it
+//! is over its limit; the agent then kills the rest, which is what `memory.oom.group = 1` does
+//! on v2 and what a kubelet on v2 configures. Where no cgroup is writable no container runs
+//! (see the crate README).
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Limits of one container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Limits {
-    /// Memory limit in bytes, if any.
-    pub(crate) memory_bytes: Option<u64>,
-    /// CPU limit in thousandths of a core, if any.
-    pub(crate) cpu_millis: Option<u64>,
-}
 
 /// Where container cgroups are created on this host.
 #[derive(Clone, Debug)]
 pub(crate) enum Hierarchy {
-    /// cgroup v1: the parent directory in the memory hierarchy and, if writable, in the cpu one.
-    V1 { memory: PathBuf, cpu: Option<PathBuf> },
-    /// cgroup v2: the parent directory, delegating memory and cpu to its children.
-    V2 { parent: PathBuf },
+    /// cgroup v1: the memory hierarchy's mount point, every controller's mount point, and the
+    /// agent's group as a path from the hierarchies' root (`runc` makes it in each).
+    V1 { memory: PathBuf, mounts: Vec<PathBuf>, group: String },
+    /// cgroup v2: the mount point and the agent's group below it, delegating memory, cpu and
+    /// pids to its children.
+    V2 { mount: PathBuf, group: String },
 }
-
-/// The CFS period used for CPU quotas.
-const CPU_PERIOD_US: u64 = 100_000;
 
 impl Hierarchy {
     /// The hierarchy below this process's own cgroups, in a `kubefaas-node-<pid>` group, or
@@ -71,7 +63,8 @@ impl Hierarchy {
                 matches.then(|| path.to_owned())
             })
         };
-        let dir_for = |controller: &str| -> Option<PathBuf> {
+        // (mount point, the agent's group as a path from the hierarchy's root)
+        let dir_for = |controller: &str| -> Option<(PathBuf, String)> {
             let (point, root, _) = mounts.iter().find(|(_, _, c)| {
                 if controller.is_empty() {
                     c.is_empty()
@@ -82,58 +75,73 @@ impl Hierarchy {
             let own = own_path(controller).unwrap_or_else(|| "/".into());
             let rel = own.strip_prefix(root.as_str()).unwrap_or(&own).trim_start_matches('/');
             sweep_dead_agents(&point.join(rel));
-            let dir = point.join(rel).join(&group);
-            fs::create_dir_all(&dir).ok()?;
-            Some(dir)
+            fs::create_dir_all(point.join(rel).join(&group)).ok()?;
+            let path = if rel.is_empty() { format!("/{group}") } else { format!("/{rel}/{group}") };
+            Some((point.clone(), path))
         };
-        if let Some(memory) = dir_for("memory") {
-            return Some(Self::V1 { memory, cpu: dir_for("cpu") });
+        if let Some((memory, group)) = dir_for("memory") {
+            let mounts = mounts.iter().filter(|(_, _, c)| !c.is_empty()).map(|m| m.0.clone());
+            return Some(Self::V1 { memory, mounts: mounts.collect(), group });
         }
-        let parent = dir_for("")?;
+        let (mount, group) = dir_for("")?;
+        let parent = mount.join(group.trim_start_matches('/'));
         let delegated = parent
             .parent()
-            .map(|p| fs::write(p.join("cgroup.subtree_control"), "+memory +cpu"))
+            .map(|p| fs::write(p.join("cgroup.subtree_control"), "+memory +cpu +pids"))
             .and_then(Result::ok)
-            .and(fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu").ok());
+            .and(fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu +pids").ok());
         if delegated.is_none() {
             let _ = fs::remove_dir(&parent);
             return None;
         }
-        Some(Self::V2 { parent })
+        Some(Self::V2 { mount, group })
     }
 
-    /// Creates the cgroup `name` with `limits`.
-    pub(crate) fn create(&self, name: &str, limits: Limits) -> io::Result<Cgroup> {
-        let cgroup = match self {
-            Self::V1 { memory, cpu } => Cgroup {
-                memory: memory.join(name),
-                cpu: cpu.as_ref().map(|c| c.join(name)),
-                v2: false,
-            },
-            Self::V2 { parent } => Cgroup { memory: parent.join(name), cpu: None, v2: true },
-        };
-        for dir in cgroup.dirs() {
-            fs::create_dir_all(dir)?;
+    /// The `cgroupsPath` of the container cgroup `name`, for the bundle.
+    pub(crate) fn cgroups_path(&self, name: &str) -> String {
+        match self {
+            Self::V1 { group, .. } | Self::V2 { group, .. } => format!("{group}/{name}"),
         }
-        // From here on dropping `cgroup` removes what was made.
-        cgroup.apply(limits)?;
-        Ok(cgroup)
     }
 
-    /// Removes the agent's parent groups (each container's cgroup is removed with it).
+    /// The container cgroup `name` (`runc` makes it when the container starts).
+    pub(crate) fn container(&self, name: &str) -> Cgroup {
+        let path = self.cgroups_path(name);
+        match self {
+            Self::V1 { memory, .. } => Cgroup { memory: under(memory, &path), v2: false },
+            Self::V2 { mount, .. } => Cgroup { memory: under(mount, &path), v2: true },
+        }
+    }
+
+    /// Whether memory plus swap can be limited (v1 `memory.memsw.*`; v2 has `memory.swap.max`,
+    /// which `runc` writes from the same field).
+    pub(crate) fn swap_accounting(&self) -> bool {
+        match self {
+            Self::V1 { memory, group, .. } => {
+                under(memory, group).join("memory.memsw.limit_in_bytes").exists()
+            }
+            Self::V2 { .. } => true,
+        }
+    }
+
+    /// Removes the agent's group (each container's cgroup is removed with it).
     pub(crate) fn remove(&self) {
         match self {
-            Self::V1 { memory, cpu } => {
-                let _ = fs::remove_dir(memory);
-                if let Some(cpu) = cpu {
-                    let _ = fs::remove_dir(cpu);
+            Self::V1 { mounts, group, .. } => {
+                for mount in mounts {
+                    let _ = fs::remove_dir(under(mount, group));
                 }
             }
-            Self::V2 { parent } => {
-                let _ = fs::remove_dir(parent);
+            Self::V2 { mount, group } => {
+                let _ = fs::remove_dir(under(mount, group));
             }
         }
     }
+}
+
+/// `path` (from the hierarchy's root) below the mount point `mount`.
+fn under(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
 }
 
 /// Kills what agents that died (SIGKILL leaves no chance to clean up) left in their groups
@@ -156,7 +164,7 @@ fn sweep_dead_agents(parent: &std::path::Path) {
         let group = entry.path();
         for container in fs::read_dir(&group).into_iter().flatten().flatten() {
             if container.path().is_dir() {
-                let stale = Cgroup { memory: container.path(), cpu: None, v2: false };
+                let stale = Cgroup { memory: container.path(), v2: false };
                 stale.remove(Duration::from_millis(500));
             }
         }
@@ -169,49 +177,10 @@ fn sweep_dead_agents(parent: &std::path::Path) {
 pub(crate) struct Cgroup {
     /// The memory cgroup (on v2 the only directory).
     memory: PathBuf,
-    /// The v1 cpu cgroup, if there is one.
-    cpu: Option<PathBuf>,
     v2: bool,
 }
 
 impl Cgroup {
-    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
-        std::iter::once(&self.memory).chain(self.cpu.as_ref())
-    }
-
-    fn apply(&self, limits: Limits) -> io::Result<()> {
-        if let Some(bytes) = limits.memory_bytes {
-            let bytes = bytes.to_string();
-            if self.v2 {
-                fs::write(self.memory.join("memory.max"), &bytes)?;
-                let _ = fs::write(self.memory.join("memory.swap.max"), "0");
-                let _ = fs::write(self.memory.join("memory.oom.group"), "1");
-            } else {
-                fs::write(self.memory.join("memory.limit_in_bytes"), &bytes)?;
-                let memsw = self.memory.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    fs::write(memsw, &bytes)?;
-                }
-            }
-        }
-        if let Some(millis) = limits.cpu_millis {
-            // The kernel refuses quotas under 1 ms per period.
-            let quota = (millis * CPU_PERIOD_US / 1000).max(1000);
-            if self.v2 {
-                fs::write(self.memory.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))?;
-            } else if let Some(cpu) = &self.cpu {
-                fs::write(cpu.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
-                fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The `cgroup.procs` files a process writes its pid into to join.
-    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs().map(|d| d.join("cgroup.procs")).collect()
-    }
-
     /// How many processes the kernel's OOM killer has killed in this cgroup.
     pub(crate) fn oom_kills(&self) -> u64 {
         let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
@@ -228,7 +197,7 @@ impl Cgroup {
         }
         let procs = fs::read_to_string(self.memory.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            super::process::kill(pid, super::process::Signal::Kill);
+            super::process::kill(pid);
         }
     }
 
@@ -236,11 +205,8 @@ impl Cgroup {
         let until = Instant::now() + wait;
         loop {
             self.kill_all();
-            let left = self
-                .dirs()
-                .filter(|d| fs::remove_dir(d).is_err_and(|e| e.kind() != io::ErrorKind::NotFound))
-                .count();
-            if left == 0 {
+            let removed = fs::remove_dir(&self.memory);
+            if removed.is_ok() || removed.is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
                 return;
             }
             if Instant::now() >= until {
@@ -257,12 +223,4 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         self.remove(Duration::from_secs(2));
     }
-}
-
-/// A path that `/bin/sh` can be given to join the cgroup before `exec`ing the container's
-/// program, so every process of the container is charged from its first byte.
-pub(crate) fn join_script() -> &'static str {
-    // $1: colon-separated cgroup.procs files; the rest is the command. Exit 125 tells the agent
-    // that joining failed, not the program.
-    "procs=$1; shift\nIFS=:\nfor f in $procs; do echo $$ > \"$f\" || exit 125; done\nunset IFS\nexec \"$@\""
 }

@@ -1,16 +1,19 @@
 //! The node agent: a stand-in kubelet for one machine. It watches Pods through the API (its
 //! own `kube` client, like a kubelet, so it works the same in-process and beside a separate
-//! `kubefaas-apiserver`) and runs each pod whose containers use a kubefaas runtime image as
-//! local `kubefaas-watchdog` processes: one loopback address per pod (`127.1.x.y`, its
-//! `status.podIP`), one cgroup per container with the container's memory and CPU limits,
-//! ConfigMap and emptyDir volumes as directories, and the pod's status written back (phase,
-//! conditions, container states with exit codes, `OOMKilled`, restarts). Images it cannot
-//! run are reported as `ErrImagePull`.
-//!
-//! It is not a container runtime: there is no image, no file system or network isolation, and
-//! the security context is not applied (processes run as the agent's user). See the crate README.
+//! `kubefaas-apiserver`) and runs each container of a pod whose containers use a kubefaas
+//! runtime image as a `runc` container running `kubefaas-watchdog`: the host's system
+//! directories and interpreters read-only as its root file system, a synthesized `/etc`, the
+//! pod's security context applied (user, no capabilities, no privilege escalation, a seccomp
+//! profile), its memory, CPU and pids limits in its own cgroup, ConfigMap volumes read-only and
+//! emptyDir volumes as size-limited tmpfs. Each pod has its own loopback address (`127.1.x.y`,
+//! its `status.podIP`) in the host's network namespace. The pod's status is written back
+//! (phase, conditions, container states with exit codes, `OOMKilled`, restarts). Images it
+//! cannot run are reported as `ErrImagePull`, specs it cannot enforce as
+//! `CreateContainerConfigError`. See the crate README for what is isolated and what is not.
 
+mod bundle;
 mod cgroup;
+mod oci;
 mod pod;
 mod process;
 mod spec;
@@ -36,7 +39,21 @@ pub struct NodeConfig {
     pub work_dir: PathBuf,
     /// The node's name: pods bound to another node (`spec.nodeName`) are left alone.
     pub node_name: String,
+    /// The OCI runtime; `None` finds `runc` on the `PATH` (or Debian's `/usr/sbin/runc`).
+    pub runc: Option<PathBuf>,
+    /// `pids.max` of every container: processes and threads a container may have at once.
+    pub pids_limit: i64,
+    /// The size of an `emptyDir` without a `sizeLimit`, and of a container's `/tmp` when no
+    /// volume is mounted there.
+    pub empty_dir_bytes: u64,
 }
+
+/// Default [`NodeConfig::pids_limit`]: far more than an instance needs (the watchdog's and the
+/// interpreter's threads), far fewer than a fork bomb wants.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+/// Default [`NodeConfig::empty_dir_bytes`]: 64 MiB.
+pub const DEFAULT_EMPTY_DIR_BYTES: u64 = 64 << 20;
 
 impl NodeConfig {
     /// Defaults with pod directories below `work_dir`: the watchdog next to the running program
@@ -46,6 +63,9 @@ impl NodeConfig {
             watchdog: default_watchdog(),
             work_dir: work_dir.into(),
             node_name: "kubefaas-node".into(),
+            runc: None,
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            empty_dir_bytes: DEFAULT_EMPTY_DIR_BYTES,
         }
     }
 }
@@ -63,9 +83,11 @@ pub fn default_watchdog() -> PathBuf {
 /// Why the node agent or one of its containers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The container's cgroup could not be made.
-    #[error("creating the container cgroup: {0}")]
-    Cgroup(#[source] std::io::Error),
+    /// No cgroup hierarchy is writable, so no container can be limited.
+    #[error(
+        "no writable cgroup hierarchy: the node agent cannot limit containers (run it as root)"
+    )]
+    NoCgroup,
     /// A file or directory of a pod could not be made.
     #[error("preparing the pod's files: {0}")]
     Files(#[source] std::io::Error),
@@ -75,8 +97,8 @@ pub enum NodeError {
     /// No client could be made for the API server.
     #[error("a client for the API server: {0}")]
     Client(String),
-    /// The watchdog could not be started.
-    #[error("starting the watchdog: {0}")]
+    /// runc could not be started.
+    #[error("starting runc: {0}")]
     Spawn(#[source] std::io::Error),
 }
 
@@ -99,6 +121,12 @@ struct Agent {
     setpriv: Option<PathBuf>,
     config: NodeConfig,
     cgroups: Option<cgroup::Hierarchy>,
+    /// runc, or why containers cannot run here (every pod is refused with it).
+    runtime: Result<bundle::Runtime, String>,
+    /// What of the host containers see.
+    host: bundle::HostView,
+    /// The open-file limit of containers (the agent's own hard limit, at most 20 000).
+    open_files: u64,
     /// The second octet of this agent's pod addresses (`127.<block>.x.y`).
     block: u8,
     /// Held for the agent's life: the claim on `block` (see [`claim_block`]).
@@ -140,6 +168,13 @@ impl Agent {
         Some(free)
     }
 
+    /// `setpriv --pdeathsig KILL --` where `setpriv` exists: the program after it is killed
+    /// when its parent dies.
+    fn killed_with_parent(&self) -> Vec<String> {
+        let Some(setpriv) = &self.setpriv else { return Vec::new() };
+        [setpriv.display().to_string(), "--pdeathsig".into(), "KILL".into(), "--".into()].into()
+    }
+
     fn release(&self, ip: Ipv4Addr) {
         self.addresses.lock().unwrap_or_else(PoisonError::into_inner).remove(&ip);
     }
@@ -157,27 +192,40 @@ impl NodeAgent {
     pub fn start(client: kube::Client, config: NodeConfig) -> Result<Self, NodeError> {
         let (block, claim) = claim_block().ok_or(NodeError::NoAddresses)?;
         let cgroups = cgroup::Hierarchy::detect();
-        if cgroups.is_none() {
-            tracing::warn!(
-                "no writable cgroup: container limits fall back to the watchdog's rlimits and OOMKilled is not detected"
-            );
+        let runtime = match &cgroups {
+            None => Err(NodeError::NoCgroup.to_string()),
+            Some(_) => bundle::Runtime::find(config.runc.as_deref(), config.work_dir.join("runc")),
+        };
+        if let Err(why) = &runtime {
+            tracing::error!(%why, "the node agent cannot run containers; every pod is refused");
         }
         tracing::info!(watchdog = %config.watchdog.display(), work_dir = %config.work_dir.display(), pod_addresses = %format!("127.{block}.0.0/16"), ?cgroups, "node agent starting");
         let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.is_file());
-        let agent = Arc::new(Agent {
-            client,
-            setpriv,
-            config,
-            cgroups,
-            block,
-            _claim: claim,
-            addresses: Mutex::default(),
-        });
+        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .maximum
+            .unwrap_or(u64::MAX)
+            .min(20_000);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(watch_pods(agent, stopped));
+        let task = tokio::spawn(async move {
+            let host = bundle::HostView::detect().await;
+            tracing::info!(?host, "what containers see of the host");
+            let agent = Arc::new(Agent {
+                client,
+                setpriv,
+                config,
+                cgroups,
+                runtime,
+                host,
+                open_files,
+                block,
+                _claim: claim,
+                addresses: Mutex::default(),
+            });
+            watch_pods(agent, stopped).await;
+        });
         Ok(Self { stop, task })
     }
 

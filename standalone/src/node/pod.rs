@@ -1,6 +1,6 @@
 //! One pod on this machine: its directories and volumes, a supervisor per container that runs
-//! the watchdog in the container's cgroup, restarts it by the pod's `restartPolicy` and probes
-//! its readiness, and the status written back to the API.
+//! the watchdog as a `runc` container (its own bundle and cgroup), restarts it by the pod's
+//! `restartPolicy` and probes its readiness, and the status written back to the API.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::cgroup::Cgroup;
-use super::process::{Signal, kill_group};
-use super::spec::{self, Plan, Refusal, VolumeSource, watchdog_env};
+use super::bundle::{Bundle, Runtime, WATCHDOG_PATH};
+use super::oci::{self, Mount};
+use super::process::kill_group;
+use super::spec::{self, Plan, Refusal, VolumeSource};
 use super::{Agent, NodeError};
 
 /// What one container is doing, as `containerStatuses` reports it.
@@ -102,27 +103,35 @@ pub(crate) async fn run(
 
     let (updates, mut updated) = mpsc::unbounded_channel::<(usize, ContainerState)>();
     let mut supervisors = tokio::task::JoinSet::new();
-    match prepare(&agent, &pod, &dir, &api, &name, &mut status, &mut stop).await {
-        Ok(volumes) => {
+    let prepared = match &agent.runtime {
+        Ok(runtime) => prepare(&agent, &pod, &dir, &api, &name, &mut status, &mut stop)
+            .await
+            .map(|volumes| (runtime.clone(), volumes)),
+        Err(why) => Err(Some(Refusal { reason: "CreateContainerError", message: why.clone() })),
+    };
+    match prepared {
+        Ok((runtime, volumes)) => {
             for (index, container) in spec.containers.iter().enumerate() {
-                let volume_dir = |v: &str| {
-                    volumes.get(v).cloned().unwrap_or_else(|| dir.join("missing").join(v))
-                };
                 let Some(env_from) =
                     env_from(&agent, container, index, &api, &name, &mut status, &mut stop).await
                 else {
                     break;
                 };
-                match spec::plan(container, ip, &dir.join("root"), &volume_dir, env_from) {
-                    Ok(plan) => {
+                let planned = spec::plan(&spec, container, ip, env_from)
+                    .and_then(|plan| volume_mounts(&plan, &volumes).map(|m| (plan, m)));
+                match planned {
+                    Ok((plan, volume_mounts)) => {
                         let supervisor = Supervisor {
                             agent: Arc::clone(&agent),
+                            runtime: runtime.clone(),
                             index,
                             state: status.containers[index].clone(),
                             plan,
+                            volume_mounts,
                             ip,
-                            cgroup_name: format!("{uid}-{}", container.name),
-                            root: dir.join("root"),
+                            id: format!("{uid}-{}", container.name),
+                            hostname: name.chars().take(63).collect(),
+                            bundle: dir.join("containers").join(&container.name),
                             log: dir.join(format!("{}.log", container.name)),
                             restart_policy: restart_policy.clone(),
                             updates: updates.clone(),
@@ -215,7 +224,38 @@ async fn env_from(
     }
 }
 
-/// Makes the pod's directories and volumes. `Err(Some)` reports a refusal, `Err(None)` a stop.
+/// A volume of the pod on this machine.
+#[derive(Clone, Debug)]
+enum PodVolume {
+    /// A directory of the pod, read-only in containers (ConfigMaps, as on a kubelet).
+    ReadOnly(PathBuf),
+    /// A tmpfs of this many bytes in each container that mounts it (an `emptyDir`).
+    Tmpfs(u64),
+}
+
+type Volumes = BTreeMap<String, PodVolume>;
+
+/// The mounts of the pod's volumes that `plan` asks for.
+fn volume_mounts(plan: &Plan, volumes: &Volumes) -> Result<Vec<Mount>, Refusal> {
+    plan.mounts
+        .iter()
+        .map(|m| {
+            let volume = volumes.get(&m.volume).ok_or_else(|| Refusal {
+                reason: "CreateContainerConfigError",
+                message: format!("volumeMounts {:?}: the pod has no such volume", m.volume),
+            })?;
+            Ok(match volume {
+                PodVolume::ReadOnly(dir) => Mount::bind_ro(dir, &m.path),
+                PodVolume::Tmpfs(bytes) => Mount::tmpfs(&m.path, *bytes, m.read_only),
+            })
+        })
+        .collect()
+}
+
+/// Makes the pod's directories and volumes (an `emptyDir` is a tmpfs of its `sizeLimit`, else
+/// the agent's default, made by runc in the container's own mount namespace, so nothing of it
+/// outlives the container, even when the agent is killed). `Err(Some)` reports a refusal,
+/// `Err(None)` a stop.
 async fn prepare(
     agent: &Agent,
     pod: &Pod,
@@ -224,7 +264,7 @@ async fn prepare(
     name: &str,
     status: &mut PodStatus,
     stop: &mut watch::Receiver<bool>,
-) -> Result<BTreeMap<String, PathBuf>, Option<Refusal>> {
+) -> Result<Volumes, Option<Refusal>> {
     let volumes = spec::volumes(pod).map_err(Some)?;
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let config_maps: Api<ConfigMap> = Api::namespaced(agent.client.clone(), &namespace);
@@ -235,8 +275,12 @@ async fn prepare(
             message: format!("preparing the pod's files: {e}"),
         })
     };
-    tokio::fs::create_dir_all(dir.join("root")).await.map_err(io_refusal)?;
     for (volume, source) in volumes {
+        if let VolumeSource::EmptyDir { size_limit } = source {
+            let bytes = size_limit.unwrap_or(agent.config.empty_dir_bytes);
+            dirs.insert(volume, PodVolume::Tmpfs(bytes));
+            continue;
+        }
         let target = dir.join("volumes").join(&volume);
         tokio::fs::create_dir_all(&target).await.map_err(io_refusal)?;
         if let VolumeSource::ConfigMap { name: cm, items, optional } = source {
@@ -266,7 +310,7 @@ async fn prepare(
                 }
             }
         }
-        dirs.insert(volume, target);
+        dirs.insert(volume, PodVolume::ReadOnly(target));
     }
     Ok(dirs)
 }
@@ -366,12 +410,18 @@ impl PodStatus {
 /// Runs one container: start, watch, restart.
 struct Supervisor {
     agent: Arc<Agent>,
+    runtime: Runtime,
     index: usize,
     state: ContainerState,
     plan: Plan,
+    /// The pod's volumes as this container mounts them.
+    volume_mounts: Vec<Mount>,
     ip: Ipv4Addr,
-    cgroup_name: String,
-    root: PathBuf,
+    /// The container's id for runc and the name of its cgroup.
+    id: String,
+    hostname: String,
+    /// The container's bundle directory.
+    bundle: PathBuf,
     log: PathBuf,
     restart_policy: String,
     updates: mpsc::UnboundedSender<(usize, ContainerState)>,
@@ -384,9 +434,6 @@ struct Exit {
     started_at: String,
     message: Option<String>,
 }
-
-/// Exit code the cgroup-joining shell uses when it could not join.
-const JOIN_FAILED: i32 = 125;
 
 impl Supervisor {
     fn send(&self) {
@@ -413,12 +460,12 @@ impl Supervisor {
                 "reason": exit.reason,
                 "startedAt": exit.started_at,
                 "finishedAt": now(),
-                "containerID": format!("kubefaas://{}", self.cgroup_name),
+                "containerID": format!("kubefaas://{}", self.id),
             });
             if let Some(message) = exit.message {
                 terminated["message"] = json!(message);
             }
-            tracing::info!(container = %self.cgroup_name, code = exit.code, reason = exit.reason, "container terminated");
+            tracing::info!(container = %self.id, code = exit.code, reason = exit.reason, "container terminated");
             self.state.ready = false;
             let restart = match self.restart_policy.as_str() {
                 "Never" => false,
@@ -446,71 +493,72 @@ impl Supervisor {
         }
     }
 
+    /// Writes the container's bundle.
+    fn write_bundle(&self) -> Result<(), NodeError> {
+        let agent = &self.agent;
+        let mut env = self.plan.env.clone();
+        env.insert("PATH".into(), agent.host.path.clone());
+        env.insert("HOSTNAME".into(), self.hostname.clone());
+        // Inside too: when runc dies with the agent, the container's program goes with it.
+        let mut args = agent.killed_with_parent();
+        args.push(WATCHDOG_PATH.to_owned());
+        args.extend(self.plan.args.iter().cloned());
+        let cgroups = agent.cgroups.as_ref().ok_or(NodeError::NoCgroup)?;
+        let tmp_mounted = self.plan.mounts.iter().any(|m| m.path == "/tmp");
+        let bundle = Bundle {
+            dir: self.bundle.clone(),
+            host: &agent.host,
+            ip: self.ip,
+            watchdog: &agent.config.watchdog,
+            volumes: self.volume_mounts.clone(),
+            tmp_bytes: (!tmp_mounted).then_some(agent.config.empty_dir_bytes),
+        };
+        bundle
+            .write(oci::Container {
+                args,
+                env: &env,
+                security: &self.plan.security,
+                limits: self.plan.limits,
+                pids_limit: agent.config.pids_limit,
+                swap_accounting: cgroups.swap_accounting(),
+                open_files: agent.open_files,
+                mounts: Vec::new(),
+                cgroups_path: cgroups.cgroups_path(&self.id),
+                hostname: self.hostname.clone(),
+            })
+            .map_err(NodeError::Files)
+    }
+
     /// One run; `None` when stopped.
     async fn run_once(
         &mut self,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Exit>, NodeError> {
         let agent = Arc::clone(&self.agent);
-        let cgroup: Option<Cgroup> = match &agent.cgroups {
-            Some(h) => {
-                Some(h.create(&self.cgroup_name, self.plan.limits).map_err(NodeError::Cgroup)?)
-            }
-            None => None,
-        };
-        for key in [watchdog_env::WORK_DIR] {
-            if let Some(dir) = self.plan.env.get(key) {
-                tokio::fs::create_dir_all(dir).await.map_err(NodeError::Files)?;
-            }
-        }
+        let cgroup = agent.cgroups.as_ref().ok_or(NodeError::NoCgroup)?.container(&self.id);
+        // What a run before this one (or an agent before this one) left behind.
+        self.runtime.delete(&self.id).await;
+        self.write_bundle()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .map_err(NodeError::Files)?;
         let log2 = log.try_clone().map_err(NodeError::Files)?;
-        // [cgroup join script] [setpriv --pdeathsig KILL --] watchdog args…
-        let mut argv: Vec<String> = Vec::new();
-        if let Some(cgroup) = &cgroup {
-            let procs: Vec<String> =
-                cgroup.procs_files().iter().map(|p| p.display().to_string()).collect();
-            argv.extend([
-                "/bin/sh".into(),
-                "-c".into(),
-                super::cgroup::join_script().into(),
-                "kubefaas-container".into(),
-                procs.join(":"),
-            ]);
-        }
-        if let Some(setpriv) = &agent.setpriv {
-            argv.extend([
-                setpriv.display().to_string(),
-                "--pdeathsig".into(),
-                "KILL".into(),
-                "--".into(),
-            ]);
-        }
-        argv.push(agent.config.watchdog.display().to_string());
-        argv.extend(self.plan.args.iter().cloned());
+        // [setpriv --pdeathsig KILL --] runc run …: a killed agent takes runc with it.
+        let mut argv = agent.killed_with_parent();
+        argv.extend(self.runtime.run(&self.bundle, &self.id));
         let mut command = tokio::process::Command::new(&argv[0]);
         command
             .args(&argv[1..])
             .env_clear()
-            .envs(&self.plan.env)
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .current_dir(&self.root)
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir(&self.bundle)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
             .kill_on_drop(true);
-        if cgroup.is_none() {
-            // No container cgroup: let the driver limit the instance itself (rlimits).
-            command.env(watchdog_env::SANDBOX, "auto");
-        }
         let mut child = command.spawn().map_err(NodeError::Spawn)?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         let started_at = now();
@@ -525,7 +573,7 @@ impl Supervisor {
                 status = child.wait() => break status.ok(),
                 _ = tick.tick() => {
                     ticks += 1;
-                    if let Some(cgroup) = &cgroup && cgroup.oom_kills() > 0 && !oom {
+                    if cgroup.oom_kills() > 0 && !oom {
                         // One process was killed; the container goes as a whole (memory.oom.group).
                         oom = true;
                         cgroup.kill_all();
@@ -540,35 +588,36 @@ impl Supervisor {
                     }
                 }
                 () = super::stopped(stop) => {
-                    if let Some(pid) = pid { kill_group(pid, Signal::Term); }
+                    self.runtime.kill(&self.id, "TERM").await;
                     if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
-                        if let Some(pid) = pid { kill_group(pid, Signal::Kill); }
+                        self.runtime.kill(&self.id, "KILL").await;
+                        if let Some(pid) = pid { kill_group(pid); }
                         let _ = child.kill().await;
                     }
+                    self.runtime.delete(&self.id).await;
                     drop(cgroup);
                     return Ok(None);
                 }
             }
         };
-        oom |= cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        oom |= cgroup.oom_kills() > 0;
         if let Some(pid) = pid {
-            kill_group(pid, Signal::Kill);
+            kill_group(pid);
         }
+        self.runtime.delete(&self.id).await;
         drop(cgroup);
         use std::os::unix::process::ExitStatusExt;
         let code = status.map_or(128, |s| {
             s.code().map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from)
         });
-        let (code, reason, message) = if oom {
-            (137, "OOMKilled", None)
-        } else if code == i64::from(JOIN_FAILED) {
-            (code, "StartError", Some("the container could not join its cgroup".to_owned()))
+        let (code, reason) = if oom {
+            (137, "OOMKilled")
         } else if code == 0 {
-            (0, "Completed", None)
+            (0, "Completed")
         } else {
-            (code, "Error", None)
+            (code, "Error")
         };
-        Ok(Some(Exit { code, reason, started_at, message }))
+        Ok(Some(Exit { code, reason, started_at, message: None }))
     }
 }
 

@@ -1,35 +1,18 @@
-//! Signals to container processes.
+//! SIGKILL for what is left of a container: the processes of its cgroup, and the process group
+//! of the `runc` that ran it.
 
-use rustix::process::{Pid, kill_process, kill_process_group};
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
-/// The signals the agent sends.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Signal {
-    /// Asks the program to stop (the watchdog finishes its invocation and stops).
-    Term,
-    /// Kills it.
-    Kill,
-}
-
-impl Signal {
-    fn raw(self) -> rustix::process::Signal {
-        match self {
-            Self::Term => rustix::process::Signal::TERM,
-            Self::Kill => rustix::process::Signal::KILL,
-        }
-    }
-}
-
-/// Signals one process; one that is already gone is not an error.
-pub(crate) fn kill(pid: i32, signal: Signal) {
+/// Kills one process; one that is already gone is not an error.
+pub(crate) fn kill(pid: i32) {
     if let Some(pid) = Pid::from_raw(pid) {
-        let _ = kill_process(pid, signal.raw());
+        let _ = kill_process(pid, Signal::KILL);
     }
 }
 
-/// Signals a process group (each container's program leads its own).
-pub(crate) fn kill_group(pgid: i32, signal: Signal) {
+/// Kills a process group (each container's `runc` leads its own).
+pub(crate) fn kill_group(pgid: i32) {
     if let Some(pid) = Pid::from_raw(pgid) {
-        let _ = kill_process_group(pid, signal.raw());
+        let _ = kill_process_group(pid, Signal::KILL);
     }
 }
