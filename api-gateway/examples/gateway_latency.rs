@@ -87,11 +87,20 @@ async fn main() {
         100.0 * gateway_rate / floor_rate
     );
 
-    // Where the time goes, from the rows' timestamps (medians over the samples).
+    // Where the time goes, from the rows' timestamps (medians over the samples). Synchronous
+    // calls' rows are written behind their answers: wait for each, within a bound.
     let store = Store::connect(&StoreConfig::new(p.database_url.clone())).await.unwrap();
     let (mut queued, mut running, mut handler) = (Vec::new(), Vec::new(), Vec::new());
     for id in ids.iter().take(200) {
-        let row = store.invocation(id.parse().unwrap()).await.unwrap().unwrap();
+        let id: Uuid = id.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let row = loop {
+            if let Some(row) = store.invocation(id).await.unwrap() {
+                break row;
+            }
+            assert!(Instant::now() < deadline, "the row of {id} was never written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let (created, started, completed) =
             (row.created_at, row.started_at.unwrap(), row.completed_at.unwrap());
         queued.push((started - created).num_microseconds().unwrap());
