@@ -196,7 +196,7 @@ async fn answer(state: &AppState, finished: Finished, tail: bool) -> ApiResult<R
     };
     if tail {
         // The logs are in the row (an announcement carries the result, not the logs).
-        let logs = live_or_stored(&state, id).await?.and_then(|row| row.logs).unwrap_or_default();
+        let logs = live_or_stored(state, id).await?.and_then(|row| row.logs).unwrap_or_default();
         let start = logs.len().saturating_sub(LOG_TAIL_BYTES);
         let start = (start..=logs.len()).find(|i| logs.is_char_boundary(*i)).unwrap_or(logs.len());
         let encoded = base64::engine::general_purpose::STANDARD.encode(&logs[start..]);
