@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::platform::Platform;
-use kubefaas_core::store::{InvocationQuery, Status, Store, StoreConfig};
+use kubefaas_core::store::{InvocationQuery, InvocationRow, Source, Status, Store, StoreConfig};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -79,7 +79,10 @@ async fn main() {
         sync.p99 / floor_sync.p99
     );
 
-    // Throughput at 8 connections, the gateway's sync path against the floor.
+    // Throughput at 8 connections, the gateway's sync path against the floor. A first round
+    // starts the instances 8 concurrent calls need (cold starts, reported above), so the
+    // measured round sees the warm platform.
+    rate(samples, gateway.clone(), "/functions/echo/invoke").await;
     let gateway_rate = rate(samples, gateway.clone(), "/functions/echo/invoke").await;
     let floor_rate = rate(samples, floor.clone(), "/").await;
     println!(
@@ -116,18 +119,20 @@ async fn main() {
 
     // Asynchronous, sustained: 8 clients submit for `async_seconds` (a 429 for a full backlog
     // is waited out as its Retry-After says), then every accepted invocation must succeed.
+    let cpu_before = cpu_by_process();
     let start = Instant::now();
     let until = start + Duration::from_secs(async_seconds);
     let mut clients = Vec::new();
     for client in 0..8 {
         let gateway = gateway.clone();
         clients.push(tokio::spawn(async move {
-            let (mut accepted, mut refused) = (0_usize, 0_usize);
+            let (mut accepted, mut refused) = (Vec::new(), 0_usize);
             let mut i = client;
             while Instant::now() < until {
                 let body = format!(r#"{{"function": "echo", "payload": {{"i": {i}}}}}"#);
+                let sent = Instant::now();
                 match gateway.post("/invoke", body.as_bytes()).await.0 {
-                    202 => accepted += 1,
+                    202 => accepted.push(sent.elapsed()),
                     429 | 503 => {
                         refused += 1;
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -139,12 +144,13 @@ async fn main() {
             (accepted, refused)
         }));
     }
-    let (mut accepted, mut refused) = (0, 0);
+    let (mut answers, mut refused) = (Vec::new(), 0);
     for client in clients {
         let (a, r) = client.await.unwrap();
-        accepted += a;
+        answers.extend(a);
         refused += r;
     }
+    let accepted = answers.len();
     let submitted = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(900);
     while store.backlog(function_id).await.unwrap() > 0 {
@@ -152,8 +158,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total = start.elapsed();
-    let succeeded = count(&store, function_id, Status::Succeeded).await;
-    let sync_rows = samples * 2 + 51;
+    let cpu = cpu_by_process().into_iter().map(|(name, ticks)| {
+        (name.clone(), ticks.saturating_sub(cpu_before.get(&name).copied().unwrap_or(0)))
+    });
+    let succeeded = rows(&store, function_id, Status::Succeeded).await;
+    let sync_rows = samples * 3 + 51;
     println!(
         "async, sustained {async_seconds} s from 8 clients: {accepted} accepted ({:.0}/s, {refused} times 429/503), all finished after {:.1} s: {:.0}/s end to end; floor {floor_rate:.0}/s, {:.2}x (target >= 3000/s)",
         accepted as f64 / submitted.as_secs_f64(),
@@ -161,7 +170,45 @@ async fn main() {
         accepted as f64 / total.as_secs_f64(),
         accepted as f64 / total.as_secs_f64() / floor_rate,
     );
-    assert_eq!(succeeded, accepted + sync_rows, "every accepted invocation succeeded, none lost");
+    println!("  POST /invoke answered 202 in {}", Percentiles::of(answers));
+    let (mut to_claim, mut to_commit) = (Vec::new(), Vec::new());
+    for row in succeeded.iter().filter(|row| row.source == Source::Async) {
+        let (Some(started), Some(completed)) = (row.started_at, row.completed_at) else { continue };
+        to_claim.push((started - row.created_at).to_std().unwrap_or_default());
+        to_commit.push((completed - started).to_std().unwrap_or_default());
+    }
+    println!("  row created -> claimed by the executor: {}", Percentiles::of(to_claim));
+    println!("  claimed -> committed: {}", Percentiles::of(to_commit));
+    // CPU time spent during the async phase, by process name, per accepted invocation.
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut spent: Vec<(String, u64)> = cpu.filter(|(_, ticks)| *ticks > 0).collect();
+    spent.sort_by_key(|(_, ticks)| std::cmp::Reverse(*ticks));
+    let per_call = |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / accepted as f64;
+    let spent: Vec<String> =
+        spent.iter().take(8).map(|(name, t)| format!("{name} {:.0} µs", per_call(*t))).collect();
+    println!("  CPU per accepted invocation by process: {}", spent.join(", "));
+    assert_eq!(
+        succeeded.len(),
+        accepted + sync_rows,
+        "every accepted invocation succeeded, none lost"
+    );
+}
+
+/// CPU time (user and system, in clock ticks) of every process on the machine, summed by
+/// process name.
+fn cpu_by_process() -> std::collections::HashMap<String, u64> {
+    let mut by_name = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (name) state ppid ...`: the name may hold spaces, so split at its parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        *by_name.entry(name).or_insert(0) += ticks(11) + ticks(12);
+    }
+    by_name
 }
 
 /// A client of one address with a pool of kept-alive connections.
@@ -201,21 +248,22 @@ impl Client {
     }
 }
 
-/// How many of the function's invocations ended with `status`.
-async fn count(store: &Store, function_id: Uuid, status: Status) -> usize {
-    let (mut total, page) = (0, 1000);
+/// The function's invocations that ended with `status`.
+async fn rows(store: &Store, function_id: Uuid, status: Status) -> Vec<InvocationRow> {
+    let (mut all, page) = (Vec::new(), 1000);
     loop {
         let query = InvocationQuery {
             function_id: Some(function_id),
             status: Some(status),
             limit: Some(page),
-            offset: Some(i64::try_from(total).unwrap()),
+            offset: Some(i64::try_from(all.len()).unwrap()),
             ..InvocationQuery::default()
         };
-        let rows = store.list_invocations(&query).await.unwrap().len();
-        total += rows;
-        if rows < usize::try_from(page).unwrap() {
-            return total;
+        let rows = store.list_invocations(&query).await.unwrap();
+        let last = rows.len() < usize::try_from(page).unwrap();
+        all.extend(rows);
+        if last {
+            return all;
         }
     }
 }

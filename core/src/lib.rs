@@ -26,6 +26,7 @@
 //! [`queue::Completions::start`] and [`watch::Cache::start`], which hand back their
 //! `JoinHandle`s (the redis client's own connection drivers aside).
 
+pub mod batch;
 pub mod code;
 pub mod env_from;
 pub mod http;

@@ -15,7 +15,12 @@
 //! a retry, or commit a terminal state; a holder whose lease expired and was taken over finds its
 //! writes rejected. SQL lives here only, one function per query, with parameters bound.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    str::FromStr,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -895,6 +900,18 @@ fn error_json(error: &InvocationError) -> Json<&InvocationError> {
     Json(error)
 }
 
+/// `ids` in ascending order: the order batch statements take their rows' locks in.
+fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort_unstable();
+    ids
+}
+
+/// A value as JSON text, for a `text[]` column of a batch statement cast to `jsonb` there.
+/// Encoding a JSON value, an error or a map of strings cannot fail.
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
 impl Store {
     /// Records a new invocation in `pending`. Idempotent on the id: when the row exists already
     /// it is returned unchanged as [`Created::Existing`] — unless it belongs to another function,
@@ -936,10 +953,6 @@ impl Store {
         let column = |f: &dyn Fn(&NewInvocation) -> Option<String>| -> Vec<Option<String>> {
             batch.iter().map(f).collect()
         };
-        // Encoding a JSON value or a map of strings cannot fail.
-        fn json(value: &impl serde::Serialize) -> String {
-            serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-        }
         sqlx::query_as(
             "INSERT INTO invocations (id, function_id, namespace, function_name, resource_name, \
                  source, payload, headers, timeout_seconds, max_attempts, backoff_seconds, \
@@ -1084,6 +1097,15 @@ impl Store {
             .map_err(query_error("get invocation"))
     }
 
+    /// The invocations of `ids` that exist, in no particular order.
+    pub async fn invocations(&self, ids: &[Uuid]) -> Result<Vec<InvocationRow>> {
+        sqlx::query_as("SELECT * FROM invocations WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("get invocations"))
+    }
+
     /// Invocations matching `query`, newest first.
     pub async fn list_invocations(&self, query: &InvocationQuery) -> Result<Vec<InvocationRow>> {
         let (limit, offset) = page(query.limit, query.offset);
@@ -1140,24 +1162,43 @@ impl Store {
 
     /// `queued → running` for `owner`, or takes over a `running` row whose lease has expired.
     /// Either way the attempt counter goes up by one and becomes the new lease's fencing token.
+    /// [`Store::claim_many`] for one invocation.
+    pub async fn claim(&self, id: Uuid, owner: &str, lease_for: Duration) -> Result<Claim> {
+        let mut claims = self.claim_many(&[id], owner, lease_for).await?;
+        claims.pop().ok_or_else(|| StoreError::Corrupt {
+            what: "claim",
+            value: "no answer for the one invocation asked for".to_owned(),
+        })
+    }
+
+    /// [`Store::claim`] for each of `ids` in one statement and one commit; the answers are in
+    /// the order of `ids`. An id given twice is claimed once: its second answer is
+    /// [`Claim::HeldElsewhere`] by `owner` itself.
     ///
-    /// The claim is committed without waiting for the WAL flush (`synchronous_commit = off` for
-    /// this transaction): should PostgreSQL itself crash within its WAL writer's window (three
-    /// times `wal_writer_delay`, 600 ms by default), the claim is forgotten and the row is back
-    /// in `queued`. That costs at most a second run, never a lost invocation: the outcome is
-    /// accepted only from the lease holder, the forgotten lease is nobody's, and the sweeper
+    /// The claims are committed without waiting for the WAL flush (`synchronous_commit = off`
+    /// for this transaction): should PostgreSQL itself crash within its WAL writer's window
+    /// (three times `wal_writer_delay`, 600 ms by default), a claim is forgotten and its row is
+    /// back in `queued`. That costs at most a second run, never a lost invocation: the outcome
+    /// is accepted only from the lease holder, the forgotten lease is nobody's, and the sweeper
     /// queues the row again.
     ///
-    /// Of several executors claiming at once exactly one gets [`Claim::Acquired`]: the update
-    /// locks the row, and the others re-check the condition against the winner's write.
-    pub async fn claim(&self, id: Uuid, owner: &str, lease_for: Duration) -> Result<Claim> {
-        let claimed: Option<ClaimedRow> = sqlx::query_as(
+    /// Of several executors claiming one row at once exactly one gets [`Claim::Acquired`]: the
+    /// update locks the row, and the others re-check the condition against the winner's write.
+    /// The ids go to the server sorted, so that overlapping batches lock their rows in the same
+    /// order rather than deadlock.
+    pub async fn claim_many(
+        &self,
+        ids: &[Uuid],
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Vec<Claim>> {
+        let claimed: Vec<ClaimedRow> = sqlx::query_as(
             "WITH claimed AS ( \
                  UPDATE invocations SET status = 'running', lease_owner = $2, \
                      lease_expires_at = now() + make_interval(secs => $3), \
                      attempts = attempts + 1, started_at = now(), queued_at = NULL, \
                      updated_at = now() \
-                 WHERE id = $1 \
+                 WHERE id = ANY($1) \
                    AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
                  RETURNING *) \
              SELECT claimed.*, f.runtime, f.handler, f.code_checksum, f.memory_mb, \
@@ -1165,46 +1206,79 @@ impl Store {
              FROM claimed JOIN functions f ON f.id = claimed.function_id \
                  CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
         )
-        .bind(id)
+        .bind(sorted(ids.to_vec()))
         .bind(owner)
         .bind(seconds(lease_for))
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(query_error("claim invocation"))?;
-        if let Some(ClaimedRow { invocation, function }) = claimed {
+        .map_err(query_error("claim invocations"))?;
+        let mut acquired = HashMap::with_capacity(claimed.len());
+        for ClaimedRow { invocation, function } in claimed {
             let expires_at = invocation.lease_expires_at.ok_or_else(|| StoreError::Corrupt {
                 what: "lease expiry",
                 value: "NULL on a running invocation".to_owned(),
             })?;
             let lease = Lease {
-                invocation_id: id,
+                invocation_id: invocation.id,
                 owner: owner.to_owned(),
                 attempt: invocation.attempts,
                 expires_at,
                 source: invocation.source,
             };
-            return Ok(Claim::Acquired { lease, invocation: Box::new(invocation), function });
+            acquired.insert(
+                invocation.id,
+                Claim::Acquired { lease, invocation: Box::new(invocation), function },
+            );
         }
-        let Some(row) = self.invocation(id).await? else {
-            return Ok(Claim::Missing);
+        let others: Vec<Uuid> =
+            ids.iter().filter(|id| !acquired.contains_key(id)).copied().collect();
+        let found: HashMap<Uuid, InvocationRow> = if others.is_empty() {
+            HashMap::new()
+        } else {
+            self.invocations(&others).await?.into_iter().map(|row| (row.id, row)).collect()
         };
-        Ok(match (row.status, row.lease_owner, row.lease_expires_at) {
-            (status, _, _) if status.is_terminal() => Claim::Finished(status),
-            (Status::Running, Some(owner), Some(expires_at)) => {
-                Claim::HeldElsewhere { owner, expires_at }
+        // Ids answered `Acquired` already, with their lease's expiry: a second answer is "held
+        // by us".
+        let mut answered = HashMap::new();
+        let mut claims = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(claim) = acquired.remove(id) {
+                if let Claim::Acquired { lease, .. } = &claim {
+                    answered.insert(*id, lease.expires_at);
+                }
+                claims.push(claim);
+                continue;
             }
-            // Queued again, or its lease expired, between our update and our read: the next
-            // delivery will claim it.
-            (Status::Queued | Status::Running, _, _) => {
-                Claim::HeldElsewhere { owner: String::new(), expires_at: row.updated_at }
+            if let Some(expires_at) = answered.get(id) {
+                claims.push(Claim::HeldElsewhere {
+                    owner: owner.to_owned(),
+                    expires_at: *expires_at,
+                });
+                continue;
             }
-            (Status::Pending, _, _) => Claim::NotQueued,
-            (status, _, _) => {
-                return Err(StoreError::InvalidTransition(format!(
-                    "claim found invocation {id} in state {status}"
-                )));
-            }
-        })
+            let Some(row) = found.get(id) else {
+                claims.push(Claim::Missing);
+                continue;
+            };
+            claims.push(match (row.status, &row.lease_owner, row.lease_expires_at) {
+                (status, _, _) if status.is_terminal() => Claim::Finished(status),
+                (Status::Running, Some(owner), Some(expires_at)) => {
+                    Claim::HeldElsewhere { owner: owner.clone(), expires_at }
+                }
+                // Queued again, or its lease expired, between our update and our read: the
+                // next delivery will claim it.
+                (Status::Queued | Status::Running, _, _) => {
+                    Claim::HeldElsewhere { owner: String::new(), expires_at: row.updated_at }
+                }
+                (Status::Pending, _, _) => Claim::NotQueued,
+                (status, _, _) => {
+                    return Err(StoreError::InvalidTransition(format!(
+                        "claim found invocation {id} in state {status}"
+                    )));
+                }
+            });
+        }
+        Ok(claims)
     }
 
     /// Extends the lease by `lease_for` from now. Returns the new expiry, or `None` when the
@@ -1231,44 +1305,76 @@ impl Store {
 
     /// Commits the terminal outcome of the leased attempt. Returns the finished row, or `None`
     /// when the caller no longer holds the lease (another executor took it over, or it already
-    /// finished): the caller's outcome is then discarded. A synchronous invocation's outcome is
-    /// committed without waiting for the WAL flush, as its row was
-    /// ([`Store::create_queued_invocation`]); every other one durably.
+    /// finished): the caller's outcome is then discarded. [`Store::complete_many`] for one.
     pub async fn complete(
         &self,
         lease: &Lease,
         outcome: &Outcome,
     ) -> Result<Option<InvocationRow>> {
-        let status = match outcome.status {
-            Some(status) if status.is_terminal() => status,
-            other => {
-                return Err(StoreError::InvalidTransition(format!(
-                    "complete needs a terminal status, got {other:?}"
-                )));
+        let mut rows = self.complete_many(&[(lease, outcome)]).await?;
+        Ok(rows.pop().flatten())
+    }
+
+    /// [`Store::complete`] for each of `outcomes` in one statement and one commit; the answers
+    /// are in the order of `outcomes`. A batch of synchronous invocations only is committed
+    /// without waiting for the WAL flush, as their rows were
+    /// ([`Store::create_queued_invocation`]); any other batch durably. The outcomes go to the
+    /// server sorted by id, as [`Store::claim_many`]'s ids do. The statement finds the rows by
+    /// primary key, from the ids as an array; it does not name their status, which a lease
+    /// owner implies (the table's check), so that the planner cannot take the index of running
+    /// rows instead and read through every row that ran since the last vacuum.
+    pub async fn complete_many(
+        &self,
+        outcomes: &[(&Lease, &Outcome)],
+    ) -> Result<Vec<Option<InvocationRow>>> {
+        let answer_order: Vec<Uuid> =
+            outcomes.iter().map(|(lease, _)| lease.invocation_id).collect();
+        let mut outcomes = outcomes.to_vec();
+        outcomes.sort_by_key(|(lease, _)| lease.invocation_id);
+        let mut statuses = Vec::with_capacity(outcomes.len());
+        for (_, outcome) in &outcomes {
+            match outcome.status {
+                Some(status) if status.is_terminal() => statuses.push(status.as_str()),
+                other => {
+                    return Err(StoreError::InvalidTransition(format!(
+                        "complete needs a terminal status, got {other:?}"
+                    )));
+                }
             }
+        }
+        let column = |f: &dyn Fn(&Outcome) -> Option<String>| -> Vec<Option<String>> {
+            outcomes.iter().map(|(_, outcome)| f(outcome)).collect()
         };
-        sqlx::query_as(
-            "UPDATE invocations SET status = $4, result = $5, error = $6, metrics = $7, \
-                 logs = $8, completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
+        let finished: Vec<InvocationRow> = sqlx::query_as(
+            "UPDATE invocations SET status = o.status, result = o.result::jsonb, \
+                 error = o.error::jsonb, metrics = o.metrics::jsonb, logs = o.logs, \
+                 completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, \
                  updated_at = now() \
-             FROM (SELECT set_config('synchronous_commit', \
-                 CASE WHEN $9 THEN 'off' ELSE current_setting('synchronous_commit') END, \
-                 true)) AS commit_mode \
-             WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3 \
+             FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], \
+                     $6::text[], $7::text[], $8::text[]) \
+                     AS o(id, owner, attempt, status, result, error, metrics, logs) \
+                 CROSS JOIN (SELECT set_config('synchronous_commit', \
+                     CASE WHEN $9 THEN 'off' ELSE current_setting('synchronous_commit') END, \
+                     true)) AS commit_mode \
+             WHERE invocations.id = ANY($1) AND invocations.id = o.id \
+               AND invocations.lease_owner = o.owner AND invocations.attempts = o.attempt \
              RETURNING invocations.*",
         )
-        .bind(lease.invocation_id)
-        .bind(&lease.owner)
-        .bind(lease.attempt)
-        .bind(status.as_str())
-        .bind(&outcome.result)
-        .bind(outcome.error.as_ref().map(error_json))
-        .bind(outcome.metrics.as_ref().map(Json))
-        .bind(&outcome.logs)
-        .bind(lease.source == Source::Sync)
-        .fetch_optional(&self.pool)
+        .bind(outcomes.iter().map(|(lease, _)| lease.invocation_id).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|(lease, _)| lease.owner.clone()).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|(lease, _)| lease.attempt).collect::<Vec<_>>())
+        .bind(statuses)
+        .bind(column(&|o| o.result.as_ref().map(json)))
+        .bind(column(&|o| o.error.as_ref().map(json)))
+        .bind(column(&|o| o.metrics.as_ref().map(json)))
+        .bind(column(&|o| o.logs.clone()))
+        .bind(outcomes.iter().all(|(lease, _)| lease.source == Source::Sync))
+        .fetch_all(&self.pool)
         .await
-        .map_err(query_error("complete invocation"))
+        .map_err(query_error("complete invocations"))?;
+        let mut finished: HashMap<Uuid, InvocationRow> =
+            finished.into_iter().map(|row| (row.id, row)).collect();
+        Ok(answer_order.iter().map(|id| finished.remove(id)).collect())
     }
 
     /// `running → queued` for another attempt after `delay`: records the attempt's error and

@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 use tokio::{
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use uuid::Uuid;
@@ -249,7 +249,11 @@ impl Submitter {
     /// `Submitter` is dropped.
     pub fn start(store: Store, queue: Queue) -> (Self, JoinHandle<()>) {
         let (waiting, arrivals) = mpsc::channel(MAX_BATCH * WRITERS);
-        (Self { waiting }, tokio::spawn(write_batches(store, queue, arrivals)))
+        let writer = crate::batch::write_batches(arrivals, MAX_BATCH, WRITERS, move |batch| {
+            let (store, queue) = (store.clone(), queue.clone());
+            async move { write_batch(&store, &queue, batch).await }
+        });
+        (Self { waiting }, tokio::spawn(writer))
     }
 
     /// Records `submission` of `function` and puts it on the queue, as [`submit`] does.
@@ -263,26 +267,6 @@ impl Submitter {
         let (reply, answer) = oneshot::channel();
         self.waiting.send(Waiting { new, reply }).await.map_err(|_| SubmitError::Stopped)?;
         answer.await.map_err(|_| SubmitError::Stopped)?
-    }
-}
-
-async fn write_batches(store: Store, queue: Queue, mut arrivals: mpsc::Receiver<Waiting>) {
-    let writers = Arc::new(Semaphore::new(WRITERS));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while arrivals.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let Ok(writer) = Arc::clone(&writers).acquire_owned().await else { return };
-        // What arrived while waiting for a writer joins this batch.
-        while batch.len() < MAX_BATCH
-            && let Ok(more) = arrivals.try_recv()
-        {
-            batch.push(more);
-        }
-        let (store, queue) = (store.clone(), queue.clone());
-        let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        tokio::spawn(async move {
-            write_batch(&store, &queue, taken).await;
-            drop(writer);
-        });
     }
 }
 

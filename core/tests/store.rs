@@ -117,6 +117,14 @@ async fn queued_invocation(db: &TestDb) -> Uuid {
     id
 }
 
+/// A function and `n` of its invocations, `queued`.
+async fn queued_invocations(db: &TestDb, n: usize) -> Vec<Uuid> {
+    let (function, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    let news: Vec<NewInvocation> = (0..n).map(|_| invocation(function.record.id)).collect();
+    let created = db.store.create_queued_invocations(&news).await.unwrap();
+    created.iter().map(|row| row.id).collect()
+}
+
 fn acquired(claim: Claim) -> Lease {
     match claim {
         Claim::Acquired { lease, .. } => lease,
@@ -807,4 +815,120 @@ async fn a_relaxed_commit_of_a_sync_row_does_not_leak_into_the_connections_later
     let done = store.complete(&lease, &Outcome::succeeded(Some(json!(1)))).await.unwrap();
     assert_eq!(done.map(|row| row.status), Some(Status::Succeeded));
     assert_eq!(setting().await, "on", "and the completion's");
+}
+
+#[tokio::test]
+async fn a_batch_of_claims_answers_each_invocation_in_order_as_a_lone_claim_would() {
+    let db = TestDb::new().await;
+    let ids = queued_invocations(&db, 4).await;
+    let (queued, held, finished, expired) = (ids[0], ids[1], ids[2], ids[3]);
+    let other = acquired(db.store.claim(held, "exec-b", Duration::from_secs(30)).await.unwrap());
+    let done = acquired(db.store.claim(finished, "exec-b", Duration::from_secs(30)).await.unwrap());
+    db.store.complete(&done, &Outcome::succeeded(None)).await.unwrap().unwrap();
+    claim_with_expired_lease(&db, expired, "exec-dead").await;
+    let pending = pending_invocation(&db).await;
+    let missing = Uuid::new_v4();
+
+    let asked = [queued, held, finished, expired, pending, missing, queued];
+    let claims = db.store.claim_many(&asked, "exec-a", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(claims.len(), asked.len(), "{claims:?}");
+    let mine = acquired(claims[0].clone());
+    assert_eq!((mine.invocation_id, mine.attempt), (queued, 1));
+    assert!(
+        matches!(&claims[1], Claim::HeldElsewhere { owner, expires_at } if *owner == other.owner && *expires_at == other.expires_at),
+        "{:?}",
+        claims[1]
+    );
+    assert_eq!(claims[2], Claim::Finished(Status::Succeeded));
+    let taken_over = acquired(claims[3].clone());
+    assert_eq!((taken_over.invocation_id, taken_over.attempt), (expired, 2));
+    assert_eq!(claims[4], Claim::NotQueued);
+    assert_eq!(claims[5], Claim::Missing);
+    // The same id twice in one batch is claimed once; the second answer says we hold it.
+    assert!(
+        matches!(&claims[6], Claim::HeldElsewhere { owner, .. } if owner == "exec-a"),
+        "{:?}",
+        claims[6]
+    );
+    let row = db.store.invocation(queued).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.attempts, row.lease_owner.as_deref()),
+        (Status::Running, 1, Some("exec-a"))
+    );
+}
+
+#[tokio::test]
+async fn overlapping_batches_of_claims_from_many_executors_give_each_invocation_one_winner() {
+    let db = TestDb::new().await;
+    let mut ids = queued_invocations(&db, 40).await;
+    // Separate pools, each asking for all 40 in another order, at once.
+    let executors = join_all((0..6).map(|_| TestDb::connect(&db.url))).await;
+    let mut orders = Vec::new();
+    for i in 0..executors.len() {
+        let by = 7 * i % ids.len();
+        ids.rotate_left(by);
+        if i % 2 == 1 {
+            ids.reverse();
+        }
+        orders.push(ids.clone());
+    }
+    let claims =
+        join_all(executors.iter().zip(&orders).enumerate().map(|(i, (store, order))| async move {
+            store.claim_many(order, &format!("exec-{i}"), Duration::from_secs(30)).await
+        }))
+        .await;
+    let mut winners = std::collections::HashMap::new();
+    for (claims, order) in claims.into_iter().zip(&orders) {
+        let claims = claims.expect("no batch fails");
+        for (claim, id) in claims.into_iter().zip(order) {
+            if let Claim::Acquired { lease, .. } = claim {
+                assert_eq!(lease.invocation_id, *id);
+                assert!(winners.insert(*id, lease.owner).is_none(), "{id} was claimed twice");
+            }
+        }
+    }
+    assert_eq!(winners.len(), 40, "every invocation has exactly one winner");
+    for (id, owner) in winners {
+        let row = db.store.invocation(id).await.unwrap().unwrap();
+        assert_eq!((row.attempts, row.lease_owner), (1, Some(owner)));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_outcomes_commits_those_whose_lease_is_held_and_discards_the_rest() {
+    let db = TestDb::new().await;
+    let ids = queued_invocations(&db, 3).await;
+    let first = acquired(db.store.claim(ids[0], "exec-a", Duration::from_secs(30)).await.unwrap());
+    let stale = claim_with_expired_lease(&db, ids[1], "exec-a").await;
+    let fresh = acquired(db.store.claim(ids[1], "exec-b", Duration::from_secs(30)).await.unwrap());
+    let third = acquired(db.store.claim(ids[2], "exec-a", Duration::from_secs(30)).await.unwrap());
+
+    let succeeded = Outcome::succeeded(Some(json!({"n": 1})));
+    let failed = Outcome::failed(Status::Failed, error("Boom"));
+    let logs = Outcome { logs: Some("line\n".to_owned()), ..Outcome::succeeded(None) };
+    let rows = db
+        .store
+        .complete_many(&[(&first, &succeeded), (&stale, &logs), (&third, &failed)])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let row = rows[0].as_ref().expect("the holder of the first lease commits");
+    assert_eq!(
+        (row.id, row.status, row.result.clone()),
+        (ids[0], Status::Succeeded, Some(json!({"n": 1})))
+    );
+    assert!(row.lease_owner.is_none() && row.completed_at.is_some());
+    assert_eq!(rows[1], None, "a stale lease's outcome is discarded");
+    let row = rows[2].as_ref().expect("the holder of the third lease commits");
+    assert_eq!((row.status, row.error.clone()), (Status::Failed, Some(error("Boom"))));
+    // The taken-over row still belongs to its new holder, untouched.
+    let row = db.store.invocation(ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.lease_owner.as_deref(), row.logs),
+        (Status::Running, Some("exec-b"), None)
+    );
+    assert!(db.store.complete(&fresh, &logs).await.unwrap().is_some());
+    // A batch holding something that is not an outcome is refused as a whole.
+    let running = Outcome { status: Some(Status::Running), ..Outcome::default() };
+    assert!(db.store.complete_many(&[(&first, &running)]).await.is_err());
 }

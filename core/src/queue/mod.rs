@@ -900,6 +900,34 @@ impl Queue {
         Ok(acked > 0)
     }
 
+    /// Publishes `completions`, then acknowledges `deliveries`, in one round trip (a pipeline,
+    /// in that order: nothing is acknowledged before its completion is announced).
+    pub async fn complete_all(
+        &self,
+        completions: &[Completion],
+        deliveries: &[&Delivery],
+    ) -> Result<()> {
+        if completions.is_empty() && deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for completion in completions {
+            pipe.cmd("PUBLISH").arg(self.keys.completions()).arg(completion.message()).ignore();
+        }
+        if !deliveries.is_empty() {
+            let mut xack = redis::cmd("XACK");
+            xack.arg(self.keys.stream()).arg(GROUP);
+            for delivery in deliveries {
+                xack.arg(&delivery.entry_id);
+            }
+            pipe.add_command(xack).ignore();
+        }
+        let entry_id = deliveries.first().map(|d| d.entry_id.clone()).unwrap_or_default();
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(|source| QueueError::Ack { entry_id, source })
+    }
+
     /// Turns stream entries into deliveries; entries that are not jobs are dead-lettered (they
     /// could never be run) and reported in `dead`.
     async fn deliveries(

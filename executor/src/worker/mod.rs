@@ -50,9 +50,13 @@ use crate::{
 };
 
 mod carried;
+mod commit;
 
 /// How long a job waits in the delayed set when PostgreSQL cannot be reached to claim it.
 const STORE_UNAVAILABLE_DELAY: Duration = Duration::from_secs(2);
+
+/// What the store answered when asked to claim an invocation.
+type Claimed = Result<Claim, Arc<StoreError>>;
 
 /// Where the worker runs invocations: the local [`Pool`] (sandboxed processes on this
 /// machine) or [`crate::kubernetes::KubernetesBackend`] (runtime pods).
@@ -153,6 +157,12 @@ pub enum WorkerError {
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The batch this operation was written in failed.
+    #[error(transparent)]
+    Batch(Arc<WorkerError>),
+    /// The worker is stopping and took no more work.
+    #[error("the worker is stopping")]
+    Stopped,
     /// The function could not be resolved for a reason other than its absence.
     #[error("resolving function {namespace}/{name}: {message}")]
     Resolve {
@@ -306,6 +316,7 @@ pub struct Worker<S, O = NoObserver, B = Arc<Pool>> {
     observer: O,
     concurrency: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     history: History,
+    committer: commit::Committer,
 }
 
 impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
@@ -320,6 +331,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         observer: O,
     ) -> Arc<Self> {
         let history = History::start(store.clone(), queue.clone()).0;
+        let committer = commit::Committer::start(store.clone(), queue.clone());
         Arc::new(Self {
             config,
             store,
@@ -329,6 +341,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             observer,
             concurrency: Mutex::default(),
             history,
+            committer,
         })
     }
 
@@ -372,9 +385,8 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                     continue;
                 }
             };
-            for delivery in deliveries {
-                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { break };
-                running.spawn(Arc::clone(&self).process_holding(delivery, permit));
+            for (delivery, claim, slot) in self.claim_all(deliveries, &slots).await {
+                running.spawn(Arc::clone(&self).handle_holding(delivery, claim, slot));
             }
             while running.try_join_next().is_some() {}
         }
@@ -400,11 +412,64 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         Ok(())
     }
 
-    /// Processes one delivery while holding an in-flight slot; failures are logged, and the
-    /// message stays pending for a later reclaim.
-    async fn process_holding(self: Arc<Self>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
+    /// Takes an in-flight slot for each of `deliveries` and claims those that are not carried
+    /// in one statement ([`Store::claim_many`]). A delivery that gets no slot (the worker is
+    /// stopping) is left pending, to be reclaimed.
+    async fn claim_all(
+        &self,
+        deliveries: Vec<Delivery>,
+        slots: &Arc<Semaphore>,
+    ) -> Vec<(Delivery, Option<Claimed>, OwnedSemaphorePermit)> {
+        let mut taken = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let Ok(slot) = Arc::clone(slots).acquire_owned().await else { break };
+            taken.push((delivery, slot));
+        }
+        let ids: Vec<Uuid> = taken
+            .iter()
+            .filter(|(delivery, _)| delivery.job.carried.is_none())
+            .map(|(delivery, _)| delivery.job.invocation_id)
+            .collect();
+        let mut claims = if ids.is_empty() {
+            Ok(Vec::new().into_iter())
+        } else {
+            self.store
+                .claim_many(&ids, &self.config.name, self.config.lease)
+                .await
+                .map(Vec::into_iter)
+                .map_err(Arc::new)
+        };
+        taken
+            .into_iter()
+            .map(|(delivery, slot)| {
+                let claim = delivery.job.carried.is_none().then(|| match &mut claims {
+                    Ok(claims) => claims.next().ok_or_else(|| {
+                        Arc::new(StoreError::Corrupt {
+                            what: "claim",
+                            value: "fewer answers than invocations".to_owned(),
+                        })
+                    }),
+                    Err(error) => Err(Arc::clone(error)),
+                });
+                (delivery, claim, slot)
+            })
+            .collect()
+    }
+
+    /// Handles one delivery, claimed already unless carried, while holding an in-flight slot;
+    /// failures are logged, and the message stays pending for a later reclaim.
+    async fn handle_holding(
+        self: Arc<Self>,
+        delivery: Delivery,
+        claim: Option<Claimed>,
+        _slot: OwnedSemaphorePermit,
+    ) {
         let id = delivery.job.invocation_id;
-        if let Err(error) = self.process(delivery).await {
+        let handled = match claim {
+            Some(claim) => self.process_claimed(delivery, claim).await,
+            None => self.process(delivery).await,
+        };
+        if let Err(error) = handled {
             // The message stays pending: it is reclaimed and tried again.
             tracing::warn!(invocation = %id, error = %error, "handling invocation failed");
         }
@@ -415,9 +480,20 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         if let Some(carried) = delivery.job.carried.clone() {
             return self.process_carried(delivery, carried).await;
         }
+        let claim =
+            self.store.claim(delivery.job.invocation_id, &self.config.name, self.config.lease);
+        let claim = claim.await.map_err(Arc::new);
+        self.process_claimed(delivery, claim).await
+    }
+
+    /// Handles a delivery whose row the store was asked to claim, with the answer.
+    async fn process_claimed(
+        &self,
+        delivery: Delivery,
+        claimed: Claimed,
+    ) -> Result<Handled, WorkerError> {
         let job = delivery.job.clone();
-        let claimed = self.store.claim(job.invocation_id, &self.config.name, self.config.lease);
-        let claimed = match claimed.await {
+        let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(error) => {
                 // PostgreSQL is unreachable: nothing was claimed. Park the job in the delayed set
@@ -525,16 +601,12 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
         run: Option<&Invocation>,
     ) -> Result<Handled, WorkerError> {
         let job = &delivery.job;
-        match self.store.complete(lease, &outcome).await? {
-            Some(row) => {
-                self.queue.complete(&announcement(&row), delivery).await?;
-                Ok(self.observe(job, Handled::Finished(row.status), run))
-            }
+        match self.committer.commit(lease, outcome, delivery).await? {
+            Some(row) => Ok(self.observe(job, Handled::Finished(row.status), run)),
             None => {
                 // Our lease was taken over (we were too slow, or presumed dead): the other
-                // holder's outcome stands.
+                // holder's outcome stands. The delivery was acknowledged all the same.
                 tracing::warn!(invocation = %job.invocation_id, attempt = lease.attempt, "lost the lease; discarding this attempt's outcome");
-                self.queue.ack(delivery).await?;
                 Ok(self.observe(job, Handled::Dropped, run))
             }
         }
@@ -674,9 +746,8 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
                     self.queue.publish_completion(&announcement(&row)).await?;
                 }
             }
-            for delivery in reclaimed.deliveries {
-                let Ok(permit) = Arc::clone(slots).acquire_owned().await else { break };
-                tokio::spawn(Arc::clone(self).process_holding(delivery, permit));
+            for (delivery, claim, slot) in self.claim_all(reclaimed.deliveries, slots).await {
+                tokio::spawn(Arc::clone(self).handle_holding(delivery, claim, slot));
             }
         }
         self.queue.trim().await?;
