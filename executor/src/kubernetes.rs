@@ -49,8 +49,8 @@ use crate::{
 
 /// Labels and names of the pods this backend makes.
 pub mod labels {
-    /// The function a pod runs.
-    pub const FUNCTION: &str = "kubefaas.io/function";
+    /// The function a pod runs (the operator watches runtime pods by it).
+    pub use kubefaas_core::resources::labels::FUNCTION;
     /// The executor that made it (and alone uses it).
     pub const EXECUTOR: &str = "kubefaas.io/executor";
     /// `app.kubernetes.io/managed-by` value.

@@ -16,8 +16,9 @@ pub const WARM_FIELD_MANAGER: &str = "kubefaas-operator-warm";
 /// Finalizer that keeps a deleted Function until its row is marked deleted.
 pub const FUNCTION_FINALIZER: &str = "kubefaas.io/function-cleanup";
 
-/// Label carrying the function name on objects the operator owns.
-pub const FUNCTION_LABEL: &str = "kubefaas.io/function";
+/// Label carrying the function name on objects the operator owns, and on the runtime pods it
+/// watches.
+pub use kubefaas_core::resources::labels::FUNCTION as FUNCTION_LABEL;
 
 /// `app.kubernetes.io/managed-by` value on objects the operator owns.
 pub const MANAGED_BY: &str = "kubefaas-operator";

@@ -11,6 +11,13 @@ mod invocation;
 pub use function::*;
 pub use invocation::*;
 
+/// Labels that more than one component reads or writes.
+pub mod labels {
+    /// The function an object belongs to, by name: on the code ConfigMaps the operator makes
+    /// and on the runtime pods the executor makes, which the operator watches by this label.
+    pub const FUNCTION: &str = "kubefaas.io/function";
+}
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
