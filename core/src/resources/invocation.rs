@@ -238,6 +238,9 @@ pub mod error_types {
     pub const FUNCTION_NOT_FOUND: &str = "FunctionNotFound";
     /// The invocation's function did not become ready in time.
     pub const FUNCTION_NOT_READY: &str = "FunctionNotReady";
+    /// The invocation's message was delivered over and over without any executor reporting an
+    /// outcome (each one died or lost it), and the queue gave up on it.
+    pub const DEAD_LETTERED: &str = "DeadLettered";
 }
 
 /// Measurements of one attempt.

@@ -735,7 +735,7 @@ impl<S: FunctionSource, O: WorkerObserver, B: Backend> Worker<S, O, B> {
             for dead in &reclaimed.dead_lettered {
                 let Some(job) = &dead.job else { continue };
                 let error = platform_error(
-                    "DeadLettered",
+                    error_types::DEAD_LETTERED,
                     format!("given up after {} deliveries without an outcome", dead.deliveries),
                 );
                 if let Some(carried) = &job.carried {
