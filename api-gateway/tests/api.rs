@@ -647,8 +647,10 @@ const CONFORMANCE_EXAMPLES: &str = "25";
 const CONFORMANCE_DEADLINE: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "two findings open (api-gateway/README.md, \"OpenAPI conformance\"); run with --ignored"]
+#[ignore = "finds a store fault: payload numbers jsonb cannot give back (api-gateway/README.md)"]
 async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
+    // The gateway's own account of any 5xx, printed with the test's output.
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
     // Tokens on. A stand-in operator makes written functions ready; no executor runs, so a
     // synchronous invoke ends at the (short) sync deadline: see tests/schemathesis.toml.
     let rig = Rig::start(|config| {
