@@ -4,7 +4,8 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
-# The Python kubernetes client for the standalone API server's client tests (made by `make deps`).
+# The Python of .venv/tests (made by `make deps`): the kubernetes client for the standalone API
+# server's client tests, the Helm SDK for the chart tests, schemathesis for the gateway's document.
 export KUBEFAAS_TEST_PYTHON ?= $(CURDIR)/.venv/tests/bin/python
 # boto3 for the gateway's Lambda Invoke API tests (made by `make deps`).
 export KUBEFAAS_TEST_AWS_PYTHON ?= $(CURDIR)/.venv/aws/bin/python
@@ -14,7 +15,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## Install what the tests need (PostgreSQL, Redis, interpreters; Python kubernetes client, Helm SDK, boto3) if missing
+deps: ## Install what the tests need (PostgreSQL, Redis, interpreters; Python kubernetes client, Helm SDK, schemathesis, boto3) if missing
 	@scripts/deps.sh
 	@scripts/python-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_PYTHON)) >/dev/null
 	@scripts/aws-venv.sh $(patsubst %/bin/python,%,$(KUBEFAAS_TEST_AWS_PYTHON)) >/dev/null

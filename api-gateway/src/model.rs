@@ -17,30 +17,38 @@ use uuid::Uuid;
 pub struct CreateFunction {
     /// Function name: a DNS-1123 label (lower-case letters, digits and `-`, at most 63).
     #[serde(default)]
+    #[schema(required = true, pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub name: String,
     /// Version label; `1.0.0` when absent.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._+-]{1,64}$")]
     pub version: Option<String>,
     /// Runtime from the catalogue: `python`, `nodejs`, `go` or a version-qualified name.
     #[serde(default)]
+    #[schema(required = true, min_length = 1)]
     pub runtime: String,
     /// Entry point: `main.handler` (python), `index.handler` (nodejs), `Handle` (go).
     #[serde(default)]
+    #[schema(required = true, min_length = 1)]
     pub handler: String,
     /// The code, base64-encoded: one source file or a zip archive.
     #[serde(default)]
+    #[schema(required = true, min_length = 1)]
     pub code: String,
     /// Seconds an invocation may run; 30 when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout: Option<i32>,
     /// Memory limit in MiB; 128 when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 16, maximum = 4096)]
     pub memory_mb: Option<i32>,
     /// Environment variables of the function.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
     /// Most invocations running at once; 10 when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_concurrency: Option<i32>,
     /// Free-form JSON object stored with the function.
     #[serde(default)]
@@ -51,11 +59,15 @@ pub struct CreateFunction {
 /// `PUT /functions/{function}`: the fields to change; absent fields keep their values.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct UpdateFunction {
-    /// Must be the function's current name when given (functions cannot be renamed).
+    /// Must be the function's current name when given (functions cannot be renamed), so that
+    /// a client may send back what it read. Left out of the document: its one valid value is
+    /// the path's function, which a schema cannot say.
     #[serde(default)]
+    #[schema(ignore)]
     pub name: Option<String>,
     /// New version label.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._+-]{1,64}$")]
     pub version: Option<String>,
     /// New runtime.
     #[serde(default)]
@@ -67,16 +79,19 @@ pub struct UpdateFunction {
     #[serde(default)]
     pub code: Option<String>,
     /// New timeout in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout: Option<i32>,
     /// New memory limit in MiB.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 16, maximum = 4096)]
     pub memory_mb: Option<i32>,
     /// New environment (replaces the old one).
     #[serde(default)]
     pub environment: Option<BTreeMap<String, String>>,
     /// New concurrency limit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_concurrency: Option<i32>,
     /// New metadata (replaces the old one).
     #[serde(default)]
@@ -210,9 +225,13 @@ pub struct FunctionFilter {
 pub struct InvokeRequest {
     /// The function's id. Give this or `function`.
     #[serde(default)]
+    #[schema(
+        pattern = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+    )]
     pub function_id: Option<Uuid>,
     /// The function's name. Give this or `function_id`.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub function: Option<String>,
     /// The event passed to the handler (any JSON).
     #[serde(default)]
@@ -222,7 +241,8 @@ pub struct InvokeRequest {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Seconds this run may take (at most the function's timeout).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 900)]
     pub timeout: Option<i32>,
 }
 
@@ -361,7 +381,8 @@ pub struct InvocationList {
 pub struct InvocationFilter {
     /// Only invocations of this function (id or name).
     pub function_id: Option<String>,
-    /// Only invocations in this state.
+    /// Only invocations in this state (empty: any).
+    #[param(pattern = r"^(pending|queued|running|succeeded|failed|timed_out)?$")]
     pub status: Option<String>,
     /// Page size (1 to 1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -414,16 +435,29 @@ pub struct NamespaceQuery {
 /// `POST /tokens`: a new API token.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct CreateToken {
-    /// A name to tell the token apart.
+    /// A name to tell the token apart: 1 to 253 characters, not all blank, no control
+    /// characters.
     #[serde(default)]
+    #[schema(
+        required = true,
+        max_length = 253,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// Namespaces the token may act in; `*` for all.
+    /// Namespaces the token may act in (DNS-1123 labels); `*` for all.
     #[serde(default)]
+    #[schema(required = true, min_items = 1, max_items = 100,
+        inline, value_type = Vec<TokenNamespace>)]
     pub namespaces: Vec<String>,
     /// When the token stops working (RFC 3339, in the future); never when absent.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
 }
+
+/// A namespace a token may act in, or `*` for all.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
+pub struct TokenNamespace(pub String);
 
 /// A token just created.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -489,4 +523,20 @@ impl TokenInfo {
 pub struct TokenList {
     /// Every token, newest first, revoked and expired ones included.
     pub tokens: Vec<TokenInfo>,
+}
+
+/// An optional `i32` that JSON may also write as a whole float (`128.0`): JSON Schema's
+/// `integer` admits both, and the document says `integer`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    let whole = match (number.as_i64(), number.as_f64()) {
+        (Some(i), _) => Some(i),
+        #[allow(clippy::cast_possible_truncation)]
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => Some(f as i64),
+        _ => None,
+    };
+    whole
+        .and_then(|i| i32::try_from(i).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a 32-bit integer")))
 }

@@ -37,6 +37,46 @@ struct Rig {
     _gateway: tokio::task::JoinHandle<()>,
 }
 
+const STAND_IN_FINALIZER: &str = "kubefaas.test/stand-in";
+
+/// What the operator does for a Function it accepts: its status says ready at its generation
+/// and its row holds its spec. Returns the function's id.
+async fn make_ready(client: &Client, store: &Store, function: &Function) -> Uuid {
+    let namespace = function.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = function.metadata.name.clone().unwrap();
+    let id = Uuid::parse_str(function.metadata.uid.as_deref().unwrap()).unwrap();
+    let spec = &function.spec;
+    let record = FunctionRecord {
+        id,
+        namespace: namespace.clone(),
+        name: name.clone(),
+        version: spec.version.clone(),
+        runtime: spec.runtime.clone(),
+        handler: spec.handler.clone(),
+        code_source: CodeSource::Inline,
+        code_location: None,
+        code_checksum: "0".repeat(64),
+        code_size: 5,
+        timeout_seconds: spec.timeout_seconds,
+        memory_mb: spec.resources.memory.trim_end_matches("Mi").parse().unwrap_or(128),
+        cpu_millis: 100,
+        max_concurrency: spec.max_concurrency,
+        environment: spec.env.clone(),
+        metadata: json!({}),
+    };
+    let api: Api<Function> = Api::namespaced(client.clone(), &namespace);
+    // The operator's finalizer: the row is marked deleted before the object goes.
+    let finalizer = json!({"metadata": {"finalizers": [STAND_IN_FINALIZER]}});
+    let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&finalizer)).await;
+    store.upsert_function(&record).await.unwrap();
+    let status = json!({"status": {
+        "phase": "Ready", "functionId": id, "observedGeneration": function.metadata.generation,
+    }});
+    // The Function may be gone again already.
+    let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+    id
+}
+
 impl Rig {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
         let apiserver = ApiServer::start(kubefaas_standalone::Config::default()).await.unwrap();
@@ -71,42 +111,67 @@ impl Rig {
 
     /// A Function the (absent) operator would have made ready: object, status and row.
     async fn ready_function(&self, name: &str) -> Uuid {
+        self.ready_function_as(name, &[]).await
+    }
+
+    /// [`Rig::ready_function`], reading it back with `headers` (a token when auth is on).
+    async fn ready_function_as(&self, name: &str, headers: &[(&str, &str)]) -> Uuid {
         let api: Api<Function> = Api::namespaced(self.client.clone(), "default");
         let spec = FunctionSpec::new("python", "main.handler", FunctionCode::inline("x = 1"));
         let created = api.create(&PostParams::default(), &Function::new(name, spec)).await.unwrap();
-        let id = Uuid::parse_str(&created.metadata.uid.unwrap()).unwrap();
-        let status = json!({"status": {
-            "phase": "Ready", "functionId": id, "observedGeneration": created.metadata.generation,
-        }});
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
-        let record = FunctionRecord {
-            id,
-            namespace: "default".into(),
-            name: name.into(),
-            version: "1.0.0".into(),
-            runtime: "python".into(),
-            handler: "main.handler".into(),
-            code_source: CodeSource::Inline,
-            code_location: None,
-            code_checksum: "0".repeat(64),
-            code_size: 5,
-            timeout_seconds: 30,
-            memory_mb: 128,
-            cpu_millis: 100,
-            max_concurrency: 10,
-            environment: Default::default(),
-            metadata: json!({}),
-        };
-        self.store.upsert_function(&record).await.unwrap();
+        let id = make_ready(&self.client, &self.store, &created).await;
         // Wait until the gateway's cache has seen the status.
         let deadline = tokio::time::Instant::now() + common::PATIENCE;
-        while request(self.addr, "GET", &format!("/functions/{name}"), &[], None).await.json()["status"]
+        while request(self.addr, "GET", &format!("/functions/{name}"), headers, None).await.json()["status"]
             != "ready"
         {
             assert!(tokio::time::Instant::now() < deadline, "the cache never saw {name} ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         id
+    }
+
+    /// Stands in for the operator until dropped: every Function is made ready at each new
+    /// generation, and the rows of Functions that are gone are marked deleted.
+    fn stand_in_operator(&self) -> tokio::task::JoinHandle<()> {
+        let (client, store) = (self.client.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let api: Api<Function> = Api::all(client.clone());
+            loop {
+                if let Ok(list) = api.list(&ListParams::default()).await {
+                    for function in &list.items {
+                        if function.metadata.deletion_timestamp.is_some() {
+                            let id = function.metadata.uid.as_deref().and_then(|u| u.parse().ok());
+                            if let Some(id) = id {
+                                let _ = store.delete_function(id).await;
+                            }
+                            let namespace = function.metadata.namespace.as_deref().unwrap();
+                            let api: Api<Function> = Api::namespaced(client.clone(), namespace);
+                            let none = json!({"metadata": {"finalizers": null}});
+                            let name = function.metadata.name.as_deref().unwrap();
+                            let _ = api
+                                .patch(name, &PatchParams::default(), &Patch::Merge(&none))
+                                .await;
+                            continue;
+                        }
+                        let seen = function.status.as_ref().and_then(|s| s.observed_generation);
+                        if seen != function.metadata.generation {
+                            make_ready(&client, &store, function).await;
+                        }
+                    }
+                    let query = FunctionQuery { limit: Some(1000), ..FunctionQuery::default() };
+                    for row in store.list_functions(&query).await.unwrap_or_default() {
+                        let live = list.items.iter().any(|f| {
+                            f.metadata.uid.as_deref() == Some(row.record.id.to_string().as_str())
+                        });
+                        if !live {
+                            let _ = store.delete_function(row.record.id).await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
     }
 
     /// Asserts no Function, Invocation or row was created anywhere.
@@ -571,4 +636,70 @@ async fn a_function_with_a_full_backlog_gets_429_with_retry_after_until_its_work
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(!text.contains("kubefaas_gateway_backlog_refused_total 0\n"), "{text}");
     assert!(text.contains("kubefaas_gateway_backlog_refused_total"), "{text}");
+}
+
+/// How many cases schemathesis generates per operation and phase: enough to reach every
+/// documented bound and pattern, few enough that the run stays within a few minutes on two
+/// cores.
+const CONFORMANCE_EXAMPLES: &str = "25";
+
+/// The whole run's bound (schemathesis's own `--max-time` is below it).
+const CONFORMANCE_DEADLINE: Duration = Duration::from_secs(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds a store fault: payload numbers jsonb cannot give back (api-gateway/README.md)"]
+async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
+    // The gateway's own account of any 5xx, printed with the test's output.
+    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    // Tokens on. A stand-in operator makes written functions ready; no executor runs, so a
+    // synchronous invoke ends at the (short) sync deadline: see tests/schemathesis.toml.
+    let rig = Rig::start(|config| {
+        config.auth = AuthMode::Token;
+        config.function_wait = Duration::from_secs(5);
+        config.sync_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let operator = rig.stand_in_operator();
+    let admin = rig.store.create_token("schemathesis", &["*".to_owned()], None).await.unwrap();
+    let bearer = format!("Bearer {}", admin.secret);
+    // The function the document's examples name, so `{function}` routes get past the 404.
+    rig.ready_function_as("hello", &[("Authorization", bearer.as_str())]).await;
+
+    let python = std::path::PathBuf::from(std::env::var("KUBEFAAS_TEST_PYTHON").expect(
+        "KUBEFAAS_TEST_PYTHON is not set: run with `make test`, or run scripts/python-venv.sh and \
+         set it to the python it prints",
+    ));
+    let schemathesis = python.with_file_name("schemathesis");
+    assert!(
+        schemathesis.exists(),
+        "{} is missing: run scripts/python-venv.sh (`make deps`)",
+        schemathesis.display()
+    );
+    let scratch = std::env::temp_dir().join(format!("kubefaas-schemathesis-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let started = std::time::Instant::now();
+    let run = tokio::process::Command::new(&schemathesis)
+        .current_dir(&scratch)
+        .arg("--config-file")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml"))
+        .args(["--no-color", "run", &format!("http://{}/openapi.json", rig.addr)])
+        .args(["--header", &format!("Authorization: {bearer}")])
+        .args(["--max-examples", CONFORMANCE_EXAMPLES, "--seed", "15"])
+        .args(["--workers", "2", "--request-timeout", "10", "--max-time", "150"])
+        .args(["--generation-database", "none"])
+        .kill_on_drop(true)
+        .output();
+    let ran = tokio::time::timeout(CONFORMANCE_DEADLINE, run)
+        .await
+        .expect("schemathesis finished in time")
+        .expect("schemathesis runs");
+    let _ = std::fs::remove_dir_all(&scratch);
+    operator.abort();
+    let output = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    println!("schemathesis ran {:?}:\n{output}", started.elapsed());
+    assert!(ran.status.success(), "schemathesis found failures ({}):\n{output}", ran.status);
 }

@@ -38,6 +38,7 @@ const POLL: Duration = Duration::from_millis(20);
         (status = 201, description = "Created and ready", body = FunctionResponse),
         (status = 400, description = "Invalid input, with the field named; or the operator rejected the function", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "The namespace does not exist", body = ErrorBody),
         (status = 409, description = "A function with this name exists", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody),

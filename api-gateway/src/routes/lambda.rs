@@ -81,8 +81,8 @@ enum InvocationType {
     params(
         ("function" = String, Path, description = "The function's name, `name:qualifier`, or an ARN ending in `function:name[:qualifier]`"),
         ("Qualifier" = Option<String>, Query, description = "`$LATEST` or the function's version"),
-        ("X-Amz-Invocation-Type" = Option<String>, Header, description = "`RequestResponse` (default), `Event` or `DryRun`"),
-        ("X-Amz-Log-Type" = Option<String>, Header, description = "`Tail` to get the last 4 KiB of logs in `X-Amz-Log-Result`"),
+        ("X-Amz-Invocation-Type" = Option<String>, Header, pattern = "^(RequestResponse|Event|DryRun)$", description = "`RequestResponse` (default), `Event` or `DryRun`"),
+        ("X-Amz-Log-Type" = Option<String>, Header, pattern = "^(None|Tail)$", description = "`Tail` to get the last 4 KiB of logs in `X-Amz-Log-Result`"),
         crate::model::NamespaceQuery,
     ),
     request_body(content = Object, description = "The event passed to the handler (any JSON; none means {})", content_type = "application/json"),

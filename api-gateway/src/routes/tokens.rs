@@ -47,7 +47,7 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     require_admin(&state, &principal, "create tokens")?;
-    if body.name.trim().is_empty() || body.name.len() > 253 {
+    if body.name.trim().is_empty() || body.name.chars().count() > 253 {
         return Err(ApiError::field("name", "must be 1 to 253 characters"));
     }
     if body.name.chars().any(char::is_control) {
