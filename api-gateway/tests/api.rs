@@ -122,10 +122,18 @@ impl Rig {
         let id = make_ready(&self.client, &self.store, &created).await;
         // Wait until the gateway's cache has seen the status.
         let deadline = tokio::time::Instant::now() + common::PATIENCE;
-        while request(self.addr, "GET", &format!("/functions/{name}"), headers, None).await.json()["status"]
-            != "ready"
-        {
-            assert!(tokio::time::Instant::now() < deadline, "the cache never saw {name} ready");
+        loop {
+            let reply =
+                request(self.addr, "GET", &format!("/functions/{name}"), headers, None).await;
+            if reply.status == 200 && reply.json()["status"] == "ready" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cache never saw {name} ready; last answer {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         id
@@ -647,7 +655,6 @@ const CONFORMANCE_EXAMPLES: &str = "25";
 const CONFORMANCE_DEADLINE: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a store fault: payload numbers jsonb cannot give back (api-gateway/README.md)"]
 async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
     // The gateway's own account of any 5xx, printed with the test's output.
     let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
@@ -659,11 +666,13 @@ async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
         config.sync_timeout = Duration::from_millis(300);
     })
     .await;
-    let operator = rig.stand_in_operator();
     let admin = rig.store.create_token("schemathesis", &["*".to_owned()], None).await.unwrap();
     let bearer = format!("Bearer {}", admin.secret);
-    // The function the document's examples name, so `{function}` routes get past the 404.
+    // The function the document's examples name, so `{function}` routes get past the 404. Made
+    // ready before the stand-in operator starts, which would otherwise make it ready too, at
+    // the same time.
     rig.ready_function_as("hello", &[("Authorization", bearer.as_str())]).await;
+    let operator = rig.stand_in_operator();
 
     let python = std::path::PathBuf::from(std::env::var("KUBEFAAS_TEST_PYTHON").expect(
         "KUBEFAAS_TEST_PYTHON is not set: run with `make test`, or run scripts/python-venv.sh and \
@@ -685,7 +694,10 @@ async fn schemathesis_finds_the_server_doing_what_its_openapi_document_says() {
         .args(["--no-color", "run", &format!("http://{}/openapi.json", rig.addr)])
         .args(["--header", &format!("Authorization: {bearer}")])
         .args(["--max-examples", CONFORMANCE_EXAMPLES, "--seed", "15"])
-        .args(["--workers", "2", "--request-timeout", "10", "--max-time", "150"])
+        // One worker: with two threads, the python 3.11 of the test virtualenv now and then
+        // failed inside schemathesis itself ("SystemError: AST constructor recursion depth
+        // mismatch", its coverage phase building the same case descriptions in both threads).
+        .args(["--workers", "1", "--request-timeout", "10", "--max-time", "150"])
         .args(["--generation-database", "none"])
         .kill_on_drop(true)
         .output();

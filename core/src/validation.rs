@@ -186,6 +186,21 @@ impl fmt::Display for FieldError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
+/// The path of the first string or key inside `value` (at `path`) that holds a NUL character.
+fn nul_in(value: &serde_json::Value, path: String) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0').then_some(path),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| nul_in(item, format!("{path}[{i}]")))
+        }
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let at = format!("{path}.{key}");
+            if key.contains('\0') { Some(at) } else { nul_in(item, at) }
+        }),
+        _ => None,
+    }
+}
+
 impl ValidationErrors {
     /// The rejected fields.
     pub fn errors(&self) -> &[FieldError] {
@@ -404,6 +419,13 @@ pub fn validate_invocation(
                 "spec.payload",
                 ErrorKind::TooLong,
                 format!("{size} bytes: must be at most {} bytes", limits.max_payload_bytes),
+            );
+        }
+        if let Some(path) = nul_in(payload, "spec.payload".to_owned()) {
+            errs.push(
+                path,
+                ErrorKind::Invalid,
+                "text may not contain the character U+0000 (NUL), which PostgreSQL cannot store",
             );
         }
     }
@@ -1005,6 +1027,22 @@ mod tests {
             assert!(!is_dns1123_label(bad), "{bad}");
         }
         assert!(is_dns1123_subdomain("hello.world"));
+    }
+
+    #[test]
+    fn a_payload_with_nul_in_its_text_is_refused_where_it_is() {
+        let limits = Limits::default();
+        let ok = InvocationSpec::new("hello", serde_json::json!({"a": ["x", {"b": "fine"}]}));
+        assert!(validate_invocation("inv-1", &ok, &limits).is_ok());
+        for (payload, path) in [
+            (serde_json::json!({"a": ["x", {"b": "nul\u{0}here"}]}), "spec.payload.a[1].b"),
+            (serde_json::json!({"k\u{0}": 1}), "spec.payload.k\u{0}"),
+            (serde_json::json!("\u{0}"), "spec.payload"),
+        ] {
+            let spec = InvocationSpec::new("hello", payload);
+            let errs = validate_invocation("inv-1", &spec, &limits).unwrap_err();
+            assert!(errs.errors().iter().any(|e| e.path == path), "{path}: {errs}");
+        }
     }
 
     #[test]

@@ -932,3 +932,20 @@ async fn a_batch_of_outcomes_commits_those_whose_lease_is_held_and_discards_the_
     let running = Outcome { status: Some(Status::Running), ..Outcome::default() };
     assert!(db.store.complete_many(&[(&first, &running)]).await.is_err());
 }
+
+#[tokio::test]
+async fn payload_numbers_come_back_from_postgresql_exactly_even_the_largest() {
+    // PostgreSQL keeps a jsonb number as the decimal it was given and prints it in full, without
+    // an exponent: f64::MAX comes back as 309 digits, which serde_json reads only with its
+    // `float_roundtrip` parser (without it: "number out of range", and other numbers off by one
+    // unit in the last place).
+    let db = TestDb::new().await;
+    let (function, _) = db.store.upsert_function(&function("default", "hello")).await.unwrap();
+    let numbers = [f64::MAX, -1.797_693_134_862_315_5e308, 0.1, 5e-324, 123_456.789_012_345_67];
+    let mut new = invocation(function.record.id);
+    new.payload = Some(json!(numbers));
+    db.store.create_queued_invocations(std::slice::from_ref(&new)).await.unwrap();
+    let row = db.store.invocation(new.id).await.unwrap().expect("the row reads back");
+    let read: Vec<f64> = serde_json::from_value(row.payload.unwrap()).unwrap();
+    assert_eq!(read, numbers);
+}
