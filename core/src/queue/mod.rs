@@ -886,20 +886,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Publishes `completion` and acknowledges `delivery` in one round trip (a pipeline: the
-    /// completion is announced first, as [`Self::publish_completion`] would).
-    pub async fn complete(&self, completion: &Completion, delivery: &Delivery) -> Result<bool> {
-        let (_receivers, acked): (u64, u64) = redis::pipe()
-            .cmd("PUBLISH")
-            .arg(self.keys.completions())
-            .arg(completion.message())
-            .add_command(self.xack(delivery))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|source| QueueError::Ack { entry_id: delivery.entry_id.clone(), source })?;
-        Ok(acked > 0)
-    }
-
     /// Publishes `completions`, then acknowledges `deliveries`, in one round trip (a pipeline,
     /// in that order: nothing is acknowledged before its completion is announced).
     pub async fn complete_all(
